@@ -141,6 +141,7 @@ class Target:
     element_bytes: int | None = None  # overrides every dtype's size (COSMA: 1)
     track_weights: bool = False  # weights occupy fast memory and cost traffic
     float_bytes: int | None = None  # overrides floating dtypes only (bf16: 2)
+    kind: str = "accelerator"  # "accelerator" (frontends fuse epilogues by default) or "gpu"
     flops_per_s: float = 2e12  # roofline: compute throughput
     dma_bytes_per_s: float = 16e9  # roofline: slow <-> fast memory bandwidth
 
@@ -175,8 +176,8 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target("cosma-int8", capacity=2 * 2**20, alignment=64, element_bytes=1),
         Target("cosma-int8-p", capacity=2 * 2**20, alignment=64, element_bytes=1, track_weights=True),
-        Target("gpu-fp32", capacity=16 * 2**30, alignment=512, flops_per_s=60e12, dma_bytes_per_s=25e9),
-        Target("gpu-bf16", capacity=16 * 2**30, alignment=512, float_bytes=2, flops_per_s=800e12,
+        Target("gpu-fp32", capacity=16 * 2**30, alignment=512, kind="gpu", flops_per_s=60e12, dma_bytes_per_s=25e9),
+        Target("gpu-bf16", capacity=16 * 2**30, alignment=512, float_bytes=2, kind="gpu", flops_per_s=800e12,
                dma_bytes_per_s=25e9),
     )
 }

@@ -107,6 +107,109 @@ class Plan:
         return [s.op for s in self.steps if s.kind == "compute"]  # type: ignore[misc]
 
     def to_json(self) -> dict[str, Any]:
+        if self.kind == "compute":
+            return {"kind": "compute", "op": self.op, "offsets": dict(self.offsets or {})}
+        if self.kind == "load":
+            return {"kind": "load", "tensor": self.tensor, "offset": self.offset}
+        return {"kind": self.kind, "tensor": self.tensor}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Step:
+        if d.get("kind") not in STEP_KINDS:
+            raise BadInput(f"plan step {d!r} has no valid kind; use one of {STEP_KINDS}")
+        return Step(kind=d["kind"], tensor=d.get("tensor"), offset=d.get("offset"), op=d.get("op"),
+                    offsets=d.get("offsets"))
+
+
+@dataclass
+class PlanTensor:
+    name: str
+    nbytes: Bytes  # in fast memory, after the target's dtype overrides
+    kind: str
+    producer: str | None
+    consumers: list[str]
+
+
+@dataclass
+class PlanOp:
+    name: str
+    type: str
+    inputs: list[str]
+    outputs: list[str]
+    flops: int
+
+
+@dataclass
+class Metrics:
+    traffic_bytes: Bytes = 0  # all loads + all stores
+    compulsory_bytes: Bytes = 0  # first load of used inputs/weights + one store per output
+    noncompulsory_bytes: Bytes = 0  # traffic - compulsory: the headline number
+    peak_bytes: Bytes = 0  # max over steps of resident bytes
+    arena_bytes: Bytes = 0  # max over residencies of offset + nbytes
+    recomputed_ops: int = 0  # compute steps beyond each op's first
+
+
+@dataclass
+class SolverInfo:
+    name: str
+    status: str  # one of STATUSES
+    objective: float | None = None  # the solver's own objective (non-compulsory bytes, ...)
+    bound: float | None = None  # proven lower bound on the objective, when sought
+    gap: float | None = None  # (objective - bound) / objective; 0.0 when optimal
+    seconds: float = 0.0
+
+
+@dataclass
+class Plan:
+    model: str
+    target: Target
+    tensors: list[PlanTensor]
+    ops: list[PlanOp]
+    steps: list[Step]
+    solver: SolverInfo
+    metrics: Metrics | None = None  # filled by the simulator's replay
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (bounds, candidates)
+
+    @staticmethod
+    def build(problem: Problem, steps: list[Step], solver: SolverInfo) -> Plan:
+        """A plan for `problem` from its steps; metrics are left to the simulator."""
+        g = problem.graph
+        tensors = [PlanTensor(n, problem.sizes[n], t.kind, t.producer, list(t.consumers))
+                   for n, t in g.tensors.items() if n in problem.sizes]
+        ops = [PlanOp(o.name, o.type, list(o.inputs), list(o.outputs), o.flops) for o in g.ops]
+        return Plan(g.name, problem.target, tensors, ops, steps, solver)
+
+    def schedule(self) -> list[str]:
+        """Op names in compute order, recomputations included."""
+        return [s.op for s in self.steps if s.kind == "compute"]  # type: ignore[misc]
+
+    def graph(self) -> tuple[Graph, Target]:
+        """The graph and target this plan describes, rebuilt from its own tables, for
+        tools that have the plan but not the model (`planner show`). Tensors become
+        byte arrays of their planned size; untracked weights get a nominal byte."""
+        tensors = {t.name: Tensor(t.name, (t.nbytes,), "uint8", t.nbytes, t.kind, t.producer, list(t.consumers))
+                   for t in self.tensors}
+        for o in self.ops:
+            for n in o.inputs:
+                if n not in tensors:
+                    tensors[n] = Tensor(n, (1,), "uint8", 1, "weight", None, [])
+                if o.name not in tensors[n].consumers:
+                    tensors[n].consumers.append(o.name)
+        producer_of = {out: o.name for o in self.ops for out in o.outputs}
+        deps = {o.name: {producer_of[i] for i in o.inputs if i in producer_of} for o in self.ops}
+        by_name = {o.name: o for o in self.ops}
+        order = list(graphlib.TopologicalSorter(deps).static_order())
+        ops = [Op(n, by_name[n].type, list(by_name[n].inputs), list(by_name[n].outputs), by_name[n].flops)
+               for n in order]
+        pos = {n: i for i, n in enumerate(order)}
+        for t in tensors.values():
+            t.consumers.sort(key=pos.__getitem__)
+        graph = Graph(self.model, tensors, ops, [n for n, t in tensors.items() if t.kind == "input"],
+                      [n for n, t in tensors.items() if t.kind == "output"])
+        target = dataclasses.replace(self.target, element_bytes=None, float_bytes=None)
+        return graph.lint(), target
+
+    def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "format": FORMAT,
             "model": self.model,

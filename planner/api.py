@@ -1,0 +1,184 @@
+"""The pass entry point: model in, validated plan out.
+
+`plan()` lowers the model with the right frontend, computes the reference budgets, runs
+the chosen solver (or the `auto` portfolio, which always includes COSMA's baselines),
+replays every candidate in the independent simulator and returns the best one, its
+metrics taken from the replay.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from planner import bounds as _bounds
+from planner import registry
+from planner.errors import BadInput, PlannerError, SolverTimeout
+from planner.ir import Graph, Target, get_target
+from planner.plan import Plan
+from planner.problem import Problem
+from planner.units import parse_bytes
+
+BUDGET_NAMES = ("M_R", "M_H", "M_P")
+
+
+def load_graph(model: Any, *, inputs: tuple | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+               fuse: bool = True, name: str | None = None) -> Graph:
+    """Lowers a model to the IR: an ONNX path or ModelProto, an nn.Module or GraphModule
+    with example `inputs`, a zoo model's name, or a Graph (returned as is)."""
+    if isinstance(model, Graph):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if path.suffix.lower() == ".onnx" or path.exists() or os.sep in str(model):
+            from frontends.onnx import load_onnx
+
+            return load_onnx(path, shapes=shapes, fuse=fuse, name=name)
+        return _load_zoo(str(model), fuse=fuse)
+    type_name = type(model).__module__ + "." + type(model).__name__
+    if type_name == "onnx.onnx_ml_pb2.ModelProto" or type(model).__name__ == "ModelProto":
+        from frontends.onnx import load_onnx
+
+        return load_onnx(model, shapes=shapes, fuse=fuse, name=name)
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        if inputs is None:
+            raise BadInput("a torch model needs example inputs: plan(model, inputs=(x,), ...)")
+        from frontends import fx
+
+        if isinstance(model, torch.fx.GraphModule) and not hasattr(model, "_graph_signature"):
+            return fx.load_graph_module(model, inputs, fuse=fuse, name=name)
+        return fx.load_module(model, tuple(inputs), fuse=fuse, name=name)
+    raise BadInput(f"cannot plan a {type_name}: pass an ONNX path, an nn.Module with inputs, or a zoo name")
+
+
+def _load_zoo(name: str, *, fuse: bool) -> Graph:
+    try:
+        import models
+    except ImportError:  # the zoo is an optional part of the install
+        raise BadInput(f"{name!r} is not a file, and the model zoo is not installed") from None
+    entry = models.get(name)  # raises BadInput naming the known models
+    from frontends.fx import load_module
+
+    return load_module(entry.build().eval(), models.example_inputs(entry), fuse=fuse, name=name)
+
+
+def resolve_target(target: str | Target) -> Target:
+    if isinstance(target, Target):
+        return target
+    try:
+        return get_target(target)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+
+
+def resolve_budget(budget: int | str | None, problem: Problem, budgets: Callable[[], _bounds.Budgets]) -> int:
+    """Bytes for a budget given as bytes, a size with a unit, or M_R / M_H / M_P."""
+    if budget is None:
+        return problem.target.capacity
+    if isinstance(budget, str) and budget.upper().replace("-", "_") in BUDGET_NAMES:
+        return budgets().get(budget.upper().replace("-", "_"))
+    return parse_bytes(budget)
+
+
+def plan(model: Any, budget: int | str | None = None, *, target: str | Target = "cosma-int8", solver: str = "auto",
+         time_limit: float = 60.0, inputs: tuple | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+         fuse: bool | None = None, fixed_order: bool = False, allow_recompute: bool = False,
+         validate: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
+    """Plans `model` in a fast memory of `budget` bytes.
+
+    Parameters
+    ----------
+    model : ONNX path or ModelProto, nn.Module / GraphModule (with `inputs`), zoo name, or Graph.
+    budget : bytes (int), a size such as "2MiB", or "M_R" / "M_H" / "M_P"; default: the
+        target's capacity. What it covers is the target's: activations only, or weights
+        too (`track_weights`).
+    target : a preset name (planner.ir.TARGETS) or a Target.
+    solver : a registered solver, "baseline" (best of COSMA's four) or "auto".
+    time_limit : seconds for the whole solve, bounds included.
+    fuse : fold BN and activations into the op before them; default: True on
+        accelerator targets, False on GPU targets.
+    fixed_order, allow_recompute : DESIGN §3 options, honoured by solvers that support them.
+    validate : replay every candidate in the simulator (on by default; metrics come from it).
+
+    Returns
+    -------
+    Plan, with `metrics` from the simulator and `extra["budgets"]` holding M_R, M_P, M_H.
+
+    Raises
+    ------
+    BadInput / UnsupportedModel : the model or an argument cannot be used.
+    Infeasible : the budget is below M_R (the message names the op and M_R).
+    SolverTimeout : no plan within the time limit.
+    """
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    tgt = resolve_target(target)
+    say("lowering model")
+    graph = load_graph(model, inputs=inputs, shapes=shapes, fuse=tgt.kind == "accelerator" if fuse is None else fuse)
+    problem = Problem(graph, tgt, fixed_order=fixed_order, allow_recompute=allow_recompute)
+    cache: list[_bounds.Budgets] = []
+
+    def get_budgets() -> _bounds.Budgets:
+        if not cache:
+            say("computing M_R / M_P")
+            cache.append(_bounds.budgets(problem, time_limit=max(1.0, time_limit / 3)))
+        return cache[0]
+
+    capacity = resolve_budget(budget, problem, get_budgets)
+    problem = Problem(graph, tgt.with_capacity(capacity), fixed_order=fixed_order, allow_recompute=allow_recompute)
+    _bounds.check_budget(problem)
+    b = get_budgets()
+    best, candidates = None, []
+    for name in registry.members(solver):
+        remaining = time_limit - (time.perf_counter() - t0)
+        if remaining <= 0 and best is not None:
+            candidates.append({"solver": name, "skipped": "time limit"})
+            continue
+        say(f"solving with {name}")
+        run = registry.solver(name, time_limit=max(remaining, 1.0),
+                              schedule=b.order if name.startswith("minpeak") and not fixed_order else None)
+        try:
+            p = run(problem)
+        except SolverTimeout as e:
+            candidates.append({"solver": name, "error": str(e)})
+            continue
+        if validate or p.metrics is None:
+            from runtime.simulator import simulate
+
+            p.metrics = simulate(p, graph, problem.target, check_metrics=False).metrics
+        candidates.append({"solver": name, "noncompulsory_bytes": p.metrics.noncompulsory_bytes,
+                           "peak_bytes": p.metrics.peak_bytes, "status": p.solver.status,
+                           "seconds": round(p.solver.seconds, 4)})
+        say(f"{name}: {p.metrics.noncompulsory_bytes} non-compulsory bytes")
+        if best is None or _key(p) < _key(best):
+            best = p
+    if best is None:
+        raise SolverTimeout(f"no plan within the time limit of {time_limit:g} s; raise --time-limit")
+    best.extra = {
+        "budgets": {"M_R": b.m_r, "M_R_op": b.m_r_op, "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h,
+                    "compulsory_bytes": b.compulsory},
+        "candidates": candidates,
+        "total_seconds": round(time.perf_counter() - t0, 4),
+    }
+    return best
+
+
+def _key(p: Plan) -> tuple[int, int, int]:
+    m = p.metrics
+    assert m is not None
+    return (m.noncompulsory_bytes, m.recomputed_ops, m.arena_bytes)
+
+
+def bounds(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple | None = None,
+           shapes: dict[str, tuple[int, ...]] | None = None, fuse: bool | None = None,
+           time_limit: float = 60.0) -> tuple[Graph, _bounds.Budgets]:
+    """The lowered graph and its reference budgets (M_R, M_P, M_H, compulsory bytes)."""
+    tgt = resolve_target(target)
+    graph = load_graph(model, inputs=inputs, shapes=shapes, fuse=tgt.kind == "accelerator" if fuse is None else fuse)
+    return graph, _bounds.budgets(Problem(graph, tgt), time_limit=time_limit)
+
+
+__all__ = ["plan", "bounds", "load_graph", "PlannerError"]

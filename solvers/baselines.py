@@ -1,0 +1,221 @@
+"""COSMA's four baselines: schedule {file order, min-peak order} x replacement {Belady,
+greedy}, offsets from TFLite's greedy-by-size arena allocator (COSMA, arXiv 2311.18246).
+
+The replacement pass walks the schedule with a byte budget. Before each op it loads the
+op's missing inputs and makes room for its outputs; when they do not fit it evicts
+resident tensors the op does not need:
+- Belady evicts the tensor whose next use is furthest away (Belady's MIN, 1966);
+- greedy evicts the locally cheapest set: already-clean tensors first (free to drop),
+  then dirty ones, which must be stored first, choosing sets that overshoot the bytes
+  needed the least.
+An evicted activation with a future use is stored first unless slow memory already has
+it. Graph outputs are stored right after they are computed; dead tensors are freed.
+
+Offsets come afterwards, from the residency intervals. When fragmentation makes the
+arena exceed the capacity, the pass reruns with a smaller byte budget (spilling more
+rather than failing). As a last resort every op runs alone: its inputs are loaded, its
+outputs stored, and all are freed after it, which fits any capacity >= M_R.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from planner.bounds import check_budget, min_peak
+from planner.ir import Bytes
+from planner.plan import Plan, SolverInfo, Step
+from planner.problem import Problem, align_up
+from solvers.alloc import Buffer, greedy_by_size
+
+NAMES = ("file-belady", "file-greedy", "minpeak-belady", "minpeak-greedy")
+
+
+@dataclass
+class Params:
+    order: str = "file"  # "file": the graph's order; "minpeak": planner.bounds.min_peak's order
+    replacement: str = "belady"  # "belady" or "greedy"
+    schedule: list[str] | None = None  # an explicit op order; overrides `order`
+    shrink_tries: int = 24  # reruns with a smaller byte budget when offsets do not fit
+    beam: int = 20_000  # min-peak search width (see planner.bounds.min_peak)
+    time_limit: float | None = 60.0  # for the min-peak search
+
+
+def solve(problem: Problem, params: Params | None = None) -> Plan:
+    """A plan from one baseline; raises Infeasible below M_R.
+
+    Parameters
+    ----------
+    problem : the graph, target (capacity = budget) and options.
+    params : which order and replacement; defaults to file order + Belady.
+
+    Returns
+    -------
+    Plan with status "heuristic"; metrics are left to the simulator.
+    """
+    params = params or Params()
+    t0 = time.perf_counter()
+    check_budget(problem)
+    if params.schedule is not None:
+        order = list(params.schedule)
+    elif params.order == "minpeak" and not problem.fixed_order:
+        order = min_peak(problem, beam=params.beam, time_limit=params.time_limit).order
+    else:
+        order = [o.name for o in problem.graph.ops]
+    steps = _fit(problem, order, params)
+    traffic = sum(problem.sizes[s.tensor] for s in steps if s.kind in ("load", "store"))  # type: ignore[index]
+    info = SolverInfo(f"{params.order}-{params.replacement}", "heuristic",
+                      objective=traffic - problem.compulsory_bytes(), seconds=time.perf_counter() - t0)
+    return Plan.build(problem, steps, info)
+
+
+def _fit(problem: Problem, order: list[str], params: Params) -> list[Step]:
+    """Replacement, then offsets; shrinks the byte budget until the offsets fit."""
+    budget = problem.capacity
+    for _ in range(params.shrink_tries):
+        steps = _replace(problem, order, budget, params.replacement)
+        arena, placed = _place(problem, steps)
+        if arena <= problem.capacity:
+            return placed
+        budget -= max(arena - problem.capacity, problem.target.alignment)
+        if budget <= 0:
+            break
+    return _one_op_at_a_time(problem, order)
+
+
+def _uses(problem: Problem, order: list[str]) -> dict[str, list[int]]:
+    """Positions in `order` at which each tracked tensor is read, ascending."""
+    uses: dict[str, list[int]] = {t: [] for t in problem.sizes}
+    for i, name in enumerate(order):
+        for t in problem.graph.op(name).inputs:
+            if t in uses:
+                uses[t].append(i)
+    return uses
+
+
+def _replace(problem: Problem, order: list[str], budget: Bytes, policy: str) -> list[Step]:
+    """Load/compute/store/free steps (offsets unset) keeping resident bytes <= budget,
+    or each op's footprint where that is larger."""
+    g, size = problem.graph, problem.sizes
+    uses = _uses(problem, order)
+    resident: dict[str, Bytes] = {}
+    in_slow = {t for t in size if g.tensors[t].kind in ("input", "weight")}
+    steps: list[Step] = []
+
+    def next_use(t: str, i: int) -> float:
+        return next((u for u in uses[t] if u > i), float("inf"))
+
+    def evict(t: str, i: int) -> None:
+        if t not in in_slow and next_use(t, i - 1) != float("inf"):
+            steps.append(Step("store", tensor=t))
+            in_slow.add(t)
+        steps.append(Step("free", tensor=t))
+        del resident[t]
+
+    for i, name in enumerate(order):
+        op = g.op(name)
+        need = problem.tensors_of(op)
+        missing = [t for t in need if t not in resident]
+        over = sum(resident.values()) + sum(size[t] for t in missing) - max(budget, problem.footprint(op))
+        if over > 0:
+            candidates = [t for t in resident if t not in need]
+            for t in _victims(candidates, over, policy, size, in_slow, lambda t: next_use(t, i)):
+                evict(t, i)
+        for t in missing:
+            if t in op.inputs:
+                steps.append(Step("load", tensor=t))
+                resident[t] = size[t]
+        steps.append(Step("compute", op=name))
+        for t in op.outputs:
+            if t in size:
+                resident[t] = size[t]
+                if g.tensors[t].kind == "output":
+                    steps.append(Step("store", tensor=t))
+                    in_slow.add(t)
+        for t in need:  # free what no later op reads
+            if next_use(t, i) == float("inf") and t in resident:
+                steps.append(Step("free", tensor=t))
+                del resident[t]
+    return steps
+
+
+def _victims(candidates: list[str], over: Bytes, policy: str, size: dict[str, Bytes], in_slow: set[str],
+             next_use) -> list[str]:
+    """Which resident tensors to evict to free `over` bytes, by policy."""
+    if policy == "belady":
+        ranked = sorted(candidates, key=lambda t: (-next_use(t), -size[t]))
+        out, freed = [], 0
+        for t in ranked:
+            if freed >= over:
+                break
+            out.append(t)
+            freed += size[t]
+        return out
+    # greedy: clean tensors cost nothing now, dirty ones cost a store; within each class
+    # cover the remaining bytes with the least overshoot.
+    out = []
+    for group in ([t for t in candidates if t in in_slow], [t for t in candidates if t not in in_slow]):
+        pool = sorted(group, key=lambda t: size[t])
+        while over > 0 and pool:
+            fits = next((t for t in pool if size[t] >= over), None)
+            t = fits if fits is not None else pool[-1]  # smallest that covers, else largest
+            pool.remove(t)
+            out.append(t)
+            over -= size[t]
+    return out
+
+
+def _place(problem: Problem, steps: list[Step]) -> tuple[Bytes, list[Step]]:
+    """Offsets for every residency by greedy-by-size; returns the arena and the steps."""
+    buffers: list[Buffer] = []
+    open_: dict[str, int] = {}  # tensor -> index into buffers of its current residency
+    owner: list[tuple[int, str]] = []  # per buffer: the step that created it and the tensor
+    for i, s in enumerate(steps):
+        if s.kind == "load":
+            open_[s.tensor] = len(buffers)  # type: ignore[index]
+            buffers.append(Buffer(s.tensor, i, len(steps), problem.sizes[s.tensor]))  # type: ignore[index]
+            owner.append((i, s.tensor))  # type: ignore[arg-type]
+        elif s.kind == "compute":
+            for t in problem.graph.op(s.op).outputs:  # type: ignore[arg-type]
+                if t in problem.sizes:
+                    open_[t] = len(buffers)
+                    buffers.append(Buffer(t, i, len(steps), problem.sizes[t]))
+                    owner.append((i, t))
+        elif s.kind == "free":
+            buffers[open_.pop(s.tensor)].upper = i  # type: ignore[arg-type]
+    offsets = greedy_by_size(buffers, problem.target.alignment)
+    arena = max((o + b.size for o, b in zip(offsets, buffers)), default=0)
+    placed = [Step(s.kind, s.tensor, s.offset, s.op, dict(s.offsets) if s.offsets is not None else None)
+              for s in steps]
+    for (i, t), off in zip(owner, offsets):
+        s = placed[i]
+        if s.kind == "load":
+            s.offset = off
+        else:
+            s.offsets = {**(s.offsets or {}), t: off}
+    for s in placed:
+        if s.kind == "compute" and s.offsets is None:
+            s.offsets = {}
+    return arena, placed
+
+
+def _one_op_at_a_time(problem: Problem, order: list[str]) -> list[Step]:
+    """Each op alone in fast memory: load inputs, compute, store what is read later or is
+    an output, free all. Tensors are packed largest-padding-last, so the op fits in its
+    footprint (planner.problem.Problem.footprint)."""
+    g, size, a = problem.graph, problem.sizes, problem.target.alignment
+    uses = _uses(problem, order)
+    steps: list[Step] = []
+    for i, name in enumerate(order):
+        op = g.op(name)
+        need = sorted(problem.tensors_of(op), key=lambda t: align_up(size[t], a) - size[t])
+        at, offset = 0, {}
+        for t in need:
+            offset[t] = at
+            at += align_up(size[t], a)
+        steps += [Step("load", tensor=t, offset=offset[t]) for t in need if t in op.inputs]
+        steps.append(Step("compute", op=name, offsets={t: offset[t] for t in op.outputs if t in size}))
+        for t in op.outputs:
+            if t in size and (g.tensors[t].kind == "output" or any(u > i for u in uses[t])):
+                steps.append(Step("store", tensor=t))
+        steps += [Step("free", tensor=t) for t in need]
+    return steps
