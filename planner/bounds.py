@@ -175,7 +175,12 @@ class Budgets:
 
 
 def budgets(problem: Problem, beam: int = 20_000, time_limit: float | None = 60.0) -> Budgets:
-    """M_R, M_P (exact or labelled upper bound), M_H = (M_R + M_P) // 2, compulsory bytes."""
+    """M_R, M_P (exact or labelled upper bound), M_H = (M_R + M_P) // 2, compulsory bytes.
+
+    M_P is at least M_R: the least peak counts bytes unpadded, while M_R pads all but
+    one tensor of its op to the alignment, and that op must run whatever the order.
+    """
     r, op = m_r(problem)
     mp = min_peak(problem, beam=beam, time_limit=time_limit)
-    return Budgets(r, op, mp.peak, mp.exact, (r + mp.peak) // 2, problem.compulsory_bytes(), mp.order)
+    m_p = max(mp.peak, r)
+    return Budgets(r, op, m_p, mp.exact, (r + m_p) // 2, problem.compulsory_bytes(), mp.order)

@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage errors and --help: return the code instead of exiting
+        return int(e.code or 0)
     t0 = time.perf_counter()
     try:
         return args.run(args)

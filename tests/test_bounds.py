@@ -90,3 +90,11 @@ def test_narrow_beam_is_labelled_upper_bound(g):
     assert narrow.peak == bounds.peak_bytes(p, narrow.order)
     if not narrow.exact:
         assert narrow.states >= 1
+
+
+def test_m_p_is_never_below_padded_m_r():
+    """zfnet512's shape of problem: the peak op's tensors are not multiples of the alignment."""
+    g = build([("op", ["a", "b"], ["c"])], {"a": 100, "b": 100, "c": 100})
+    b = bounds.budgets(Problem(g, Target("t", 10**6, alignment=64, element_bytes=1)))
+    assert bounds.min_peak(Problem(g, T)).peak == 300
+    assert (b.m_r, b.m_p, b.m_h) == (356, 356, 356)
