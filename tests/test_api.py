@@ -1,0 +1,53 @@
+"""planner.plan(): every light_* ONNX model plans at M_H; the API's inputs and failures."""
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+import planner
+from planner.errors import BadInput, Infeasible
+from planner.plan import Plan
+from runtime.simulator import simulate
+from tests.graphs import chain
+
+LIGHT = sorted((Path(onnx.__file__).parent / "backend" / "test" / "data" / "light").glob("light_*.onnx"))
+
+
+@pytest.mark.parametrize("path", LIGHT, ids=lambda p: p.stem)
+def test_every_light_model_plans_at_m_h(path):
+    p = planner.plan(path, "M_H")
+    b = p.extra["budgets"]
+    assert b["M_R"] <= b["M_H"] == p.target.capacity <= b["M_P"]
+    report = simulate(p)  # the plan alone (its own tables) and against the lowered graph
+    assert report.metrics == p.metrics == simulate(p, planner.api.load_graph(path)).metrics
+    assert p.metrics.arena_bytes <= p.target.capacity
+    best = min(c["noncompulsory_bytes"] for c in p.extra["candidates"])
+    assert p.metrics.noncompulsory_bytes == best  # the portfolio keeps its best candidate
+
+
+def test_plan_json_round_trip(tmp_path):
+    p = planner.plan(LIGHT[0], "M_P", solver="minpeak-greedy")
+    p.save(tmp_path / "p.json")
+    q = Plan.load(tmp_path / "p.json")
+    assert q.to_json() == json.loads(json.dumps(p.to_json()))
+    assert simulate(q).metrics == p.metrics
+
+
+def test_graph_in_and_named_budgets():
+    g = chain([4, 8, 2, 16])
+    tgt = planner.Target("t", 1 << 20, alignment=1, element_bytes=1)
+    assert planner.plan(g, "M_R", target=tgt).target.capacity == 18  # op3: 2 + 16
+    assert planner.plan(g, 30, target=tgt).metrics.noncompulsory_bytes == 0
+    with pytest.raises(Infeasible) as e:
+        planner.plan(g, 17, target=tgt)
+    assert (e.value.op, e.value.minimum) == ("op3", 18)
+
+
+def test_bad_arguments_raise_bad_input():
+    with pytest.raises(BadInput, match="unknown target"):
+        planner.plan(LIGHT[0], "M_R", target="tpu")
+    with pytest.raises(BadInput):
+        planner.plan(LIGHT[0], "lots")
+    with pytest.raises(BadInput, match="cannot plan"):
+        planner.plan(12345, "M_R")
