@@ -16,8 +16,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-
 Bytes = int  # a size or an offset in bytes
 Step = int  # an index into a plan's steps or a schedule
 
@@ -152,7 +150,7 @@ class Target:
         """Bytes `t` takes in fast memory under this target."""
         if self.element_bytes is not None:
             return t.numel * self.element_bytes
-        if self.float_bytes is not None and np.issubdtype(np.dtype(t.dtype), np.floating):
+        if self.float_bytes is not None and t.dtype.startswith(("float", "bfloat")):  # float8*, bfloat16 too
             return t.numel * self.float_bytes
         return t.nbytes
 
