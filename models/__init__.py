@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -93,11 +95,9 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
              "inputs are embedded src and tgt (N, S, 512), no masks; the count excludes embeddings", num_inputs=2),
 )}
 
-# models/nas lands separately; this guard goes once its __init__.py (with ENTRIES) has
-if os.path.exists(os.path.join(os.path.dirname(__file__), "nas", "__init__.py")):
-    from models.nas import ENTRIES as _NAS_ENTRIES
+from models.nas import ENTRIES as _NAS_ENTRIES  # noqa: E402 - needs ZooEntry, defined above
 
-    ZOO.update((e.name, e) for e in _NAS_ENTRIES)
+ZOO.update((e.name, e) for e in _NAS_ENTRIES)
 
 
 def get(name: str) -> ZooEntry:
@@ -161,5 +161,15 @@ def export_onnx(name: str, path: str | os.PathLike, batch: int = 1, resolution: 
 def export_module(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | os.PathLike) -> None:
     """The export behind `export_onnx`: dynamo, static shapes, one file, eval mode."""
     names = {1: ["input"], 2: ["src", "tgt"]}.get(len(args), [f"input{i}" for i in range(len(args))])
-    torch.onnx.export(model.eval(), args, os.fspath(path), dynamo=True, external_data=False, verbose=False,
-                      input_names=names)
+    # The exporter logs that torchvision's ops are missing (nothing here uses them) and
+    # warns about its own pytree use: noise on every export.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(model.eval(), args, os.fspath(path), dynamo=True, external_data=False, verbose=False,
+                              input_names=names)
+    finally:
+        registration.setLevel(level)

@@ -88,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("solvers", help="list solvers and target presets")
     p.set_defaults(run=cmd_solvers)
 
+    zoo = sub.add_parser("zoo", help="the bundled model zoo").add_subparsers(dest="zoo", required=True,
+                                                                              parser_class=_Parser)
+    p = zoo.add_parser("list", help="every zoo model with its size and bounds")
+    p.add_argument("names", nargs="*", help="only these models (default: all)")
+    p.add_argument("--target", default="cosma-int8", help="target for the bounds (default cosma-int8)")
+    p.add_argument("--time-limit", type=float, default=5.0, help="seconds for each model's M_P search (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
+    p.set_defaults(run=cmd_zoo_list)
+    p = zoo.add_parser("export", help="export a zoo model to ONNX")
+    p.add_argument("name", help="zoo model name (see `planner zoo list`)")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--resolution", type=int, help="image side / frames' side / sequence length (default: published)")
+    p.set_defaults(run=cmd_zoo_export)
+
     p = sub.add_parser("show", help="draw a plan's allocation map and live bytes")
     p.add_argument("plan", help="plan JSON (planner-plan/1)")
     p.add_argument("-o", "--output", required=True, help="image file (.png, .svg, .pdf)")
@@ -264,6 +279,39 @@ def cmd_solvers(args: argparse.Namespace) -> int:
             f"floats {t.float_bytes} B" if t.float_bytes else "model dtypes")
         print(f"  {t.name:16s} {t.kind}, {sizing}, alignment {t.alignment}, "
               f"{'weights tracked' if t.track_weights else 'activations only'}")
+    return 0
+
+
+def cmd_zoo_list(args: argparse.Namespace) -> int:
+    import models
+    from planner.api import bounds
+
+    if not args.json:
+        print(f"{'model':26s} {'task':14s} {'params':>11s} {'input':>16s} {'ops':>5s} {'M_R (B)':>12s} "
+              f"{'M_P (B)':>12s}  M_P is")
+    for name in args.names or models.ZOO:
+        entry = models.get(name)
+        g, b = bounds(name, target=args.target, time_limit=args.time_limit)
+        params = sum(p.numel() for p in entry.build().parameters())
+        shape = "x".join(map(str, entry.input_shape)) + (f" x{entry.num_inputs}" if entry.num_inputs > 1 else "")
+        row = {"model": name, "task": entry.task, "params": params, "input": shape, "ops": len(g.ops),
+               "M_R": b.m_r, "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h}
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(f"{name:26s} {entry.task:14s} {params:>11,} {shape:>16s} {len(g.ops):>5d} {b.m_r:>12,} "
+                  f"{b.m_p:>12,}  {'exact' if b.m_p_exact else 'upper bound'}", flush=True)
+    return 0
+
+
+def cmd_zoo_export(args: argparse.Namespace) -> int:
+    import models
+
+    _check_writable(args.output)
+    models.get(args.name)  # an unknown name fails before the slow import of the exporter
+    t0 = time.perf_counter()
+    models.export_onnx(args.name, args.output, batch=args.batch, resolution=args.resolution)
+    print(f"wrote {args.output} ({Path(args.output).stat().st_size:,} B) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

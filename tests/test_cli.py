@@ -158,3 +158,14 @@ def test_console_entry_point_exit_codes_and_no_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     r = run("--help")
     assert r.returncode == 0 and "exit codes" in r.stdout
+
+
+def test_zoo_list_and_export(capsys, tmp_path):
+    code, text, _ = cli(capsys, "zoo", "list", "mobilenet_v2", "--json")
+    row = json.loads(text)
+    assert code == 0 and row["params"] == 3_504_872 and row["M_R"] <= row["M_P"]
+    assert row["M_R"] == 112 * 112 * 96 + 56 * 56 * 96  # the first stride-2 depthwise conv, int8
+    code, _, err = cli(capsys, "zoo", "export", "no_such_net", "-o", tmp_path / "x.onnx")
+    assert code == 1 and "resnet50" in one_line_error(err)
+    code, _, err = cli(capsys, "zoo", "export", "mobilenet_v2", "-o", tmp_path / "x.onnx", "--batch", "0")
+    assert code == 1 and "batch" in one_line_error(err) and not (tmp_path / "x.onnx").exists()
