@@ -24,9 +24,16 @@ BUDGET_NAMES = ("M_R", "M_H", "M_P")
 
 
 def load_graph(model: Any, *, inputs: tuple | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
-               fuse: bool = True, name: str | None = None) -> Graph:
+               fuse: bool = True, decompose_attention: bool | None = None, name: str | None = None) -> Graph:
     """Lowers a model to the IR: an ONNX path or ModelProto, an nn.Module or GraphModule
-    with example `inputs`, a zoo model's name, or a Graph (returned as is)."""
+    with example `inputs`, a zoo model's name, or a Graph (returned as is).
+
+    `decompose_attention` (torch models; an ONNX file has it decomposed already) lowers
+    scaled_dot_product_attention as the ops the ONNX exporter writes, whose intermediates an
+    accelerator holds; default: as `fuse`, the accelerator setting (plan() and bounds() set
+    both from the target)."""
+    if decompose_attention is None:
+        decompose_attention = fuse
     if isinstance(model, Graph):
         return model
     if isinstance(model, (str, os.PathLike)):
@@ -35,7 +42,7 @@ def load_graph(model: Any, *, inputs: tuple | None = None, shapes: dict[str, tup
             from frontends.onnx import load_onnx
 
             return load_onnx(path, shapes=shapes, fuse=fuse, name=name)
-        return _load_zoo(str(model), fuse=fuse)
+        return _load_zoo(str(model), fuse=fuse, decompose_attention=decompose_attention)
     type_name = type(model).__module__ + "." + type(model).__name__
     if type_name == "onnx.onnx_ml_pb2.ModelProto" or type(model).__name__ == "ModelProto":
         from frontends.onnx import load_onnx
@@ -49,12 +56,12 @@ def load_graph(model: Any, *, inputs: tuple | None = None, shapes: dict[str, tup
         from frontends import fx
 
         if isinstance(model, torch.fx.GraphModule) and not hasattr(model, "_graph_signature"):
-            return fx.load_graph_module(model, inputs, fuse=fuse, name=name)
-        return fx.load_module(model, tuple(inputs), fuse=fuse, name=name)
+            return fx.load_graph_module(model, inputs, fuse=fuse, decompose_attention=decompose_attention, name=name)
+        return fx.load_module(model, tuple(inputs), fuse=fuse, decompose_attention=decompose_attention, name=name)
     raise BadInput(f"cannot plan a {type_name}: pass an ONNX path, an nn.Module with inputs, or a zoo name")
 
 
-def _load_zoo(name: str, *, fuse: bool) -> Graph:
+def _load_zoo(name: str, *, fuse: bool, decompose_attention: bool) -> Graph:
     try:
         import models
     except ImportError:  # the zoo is an optional part of the install
@@ -62,7 +69,8 @@ def _load_zoo(name: str, *, fuse: bool) -> Graph:
     entry = models.get(name)  # raises BadInput naming the known models
     from frontends.fx import load_module
 
-    return load_module(entry.build().eval(), models.example_inputs(entry), fuse=fuse, name=name)
+    return load_module(entry.build().eval(), models.example_inputs(entry), fuse=fuse,
+                       decompose_attention=decompose_attention, name=name)
 
 
 def resolve_target(target: str | Target) -> Target:
@@ -85,8 +93,8 @@ def resolve_budget(budget: int | str | None, problem: Problem, budgets: Callable
 
 def plan(model: Any, budget: int | str | None = None, *, target: str | Target = "cosma-int8", solver: str = "auto",
          time_limit: float = 60.0, inputs: tuple | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
-         fuse: bool | None = None, fixed_order: bool = False, allow_recompute: bool = False,
-         validate: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
+         fuse: bool | None = None, decompose_attention: bool | None = None, fixed_order: bool = False,
+         allow_recompute: bool = False, validate: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
     """Plans `model` in a fast memory of `budget` bytes.
 
     Parameters
@@ -100,6 +108,10 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
     time_limit : seconds for the whole solve, bounds included.
     fuse : fold BN and activations into the op before them; default: True on
         accelerator targets, False on GPU targets.
+    decompose_attention : lower a torch model's scaled_dot_product_attention as separate
+        ops (K transposed, scaled q and k, scores, softmax), as an accelerator runs it and
+        the ONNX exporter writes it; default: True on accelerator targets, False on GPU
+        targets (one fused kernel).
     fixed_order, allow_recompute : DESIGN §3 options, honoured by solvers that support them.
     validate : replay every candidate in the simulator (on by default; metrics come from it).
 
@@ -117,7 +129,9 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
     t0 = time.perf_counter()
     tgt = resolve_target(target)
     say("lowering model")
-    graph = load_graph(model, inputs=inputs, shapes=shapes, fuse=tgt.kind == "accelerator" if fuse is None else fuse)
+    accelerator = tgt.kind == "accelerator"
+    graph = load_graph(model, inputs=inputs, shapes=shapes, fuse=accelerator if fuse is None else fuse,
+                       decompose_attention=accelerator if decompose_attention is None else decompose_attention)
     problem = Problem(graph, tgt, fixed_order=fixed_order, allow_recompute=allow_recompute)
     cache: list[_bounds.Budgets] = []
 
@@ -174,10 +188,13 @@ def _key(p: Plan) -> tuple[int, int, int]:
 
 def bounds(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple | None = None,
            shapes: dict[str, tuple[int, ...]] | None = None, fuse: bool | None = None,
-           time_limit: float = 60.0) -> tuple[Graph, _bounds.Budgets]:
-    """The lowered graph and its reference budgets (M_R, M_P, M_H, compulsory bytes)."""
+           decompose_attention: bool | None = None, time_limit: float = 60.0) -> tuple[Graph, _bounds.Budgets]:
+    """The lowered graph and its reference budgets (M_R, M_P, M_H, compulsory bytes); `fuse`
+    and `decompose_attention` as for `plan`."""
     tgt = resolve_target(target)
-    graph = load_graph(model, inputs=inputs, shapes=shapes, fuse=tgt.kind == "accelerator" if fuse is None else fuse)
+    accelerator = tgt.kind == "accelerator"
+    graph = load_graph(model, inputs=inputs, shapes=shapes, fuse=accelerator if fuse is None else fuse,
+                       decompose_attention=accelerator if decompose_attention is None else decompose_attention)
     return graph, _bounds.budgets(Problem(graph, tgt), time_limit=time_limit)
 
 

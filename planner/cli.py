@@ -244,8 +244,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from runtime.simulator import PlanViolation, simulate
 
     p = Plan.load(args.plan)
+    accelerator = resolve_target(args.target).kind == "accelerator"  # lower exactly as `plan` did
     graph = load_graph(args.model, shapes=dict(args.shape) or None,
-                       fuse=resolve_target(args.target).kind == "accelerator" if args.fuse is None else args.fuse)
+                       fuse=accelerator if args.fuse is None else args.fuse, decompose_attention=accelerator)
     try:
         report = simulate(p, graph, p.target)
     except PlanViolation as e:

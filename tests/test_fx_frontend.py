@@ -1,11 +1,13 @@
 """The torch.fx frontend: execution against eager, folding, fusion, bytes, the dynamo and
-symbolic_trace routes, errors, and agreement with the ONNX route on bytes and M_R."""
+symbolic_trace routes, errors, attention decomposed as the ONNX exporter writes it, and
+agreement with the ONNX route on bytes and M_R."""
 from __future__ import annotations
 
 import doctest
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -39,6 +41,17 @@ class Basic(nn.Module):
         return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + x)
 
 
+class Attention(nn.Module):
+    """Every path of the attention decomposition: a float mask; a bool mask and a scale; a
+    causal mask with grouped-query attention (4 query heads, 2 key heads)."""
+
+    def forward(self, q, k, v, bool_mask, float_mask):
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=float_mask)
+        b = F.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask, scale=0.5)
+        c = F.scaled_dot_product_attention(q, k[:, :2], v[:, :2], is_causal=True, enable_gqa=True)
+        return a + b + c
+
+
 def build(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     if name == "conv_bn_relu":
@@ -53,6 +66,10 @@ def build(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         x = (torch.randn(2, 16),)
     elif name == "transformer":
         m, x = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), (torch.randn(2, 5, 32),)
+    elif name == "attention":
+        m = Attention()
+        x = (torch.randn(2, 4, 5, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8),
+             (torch.rand(5, 6) > 0.5) | torch.eye(5, 6, dtype=torch.bool), torch.randn(2, 1, 5, 6))
     elif name == "dws":
         m = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.Hardswish(),
                           nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.Hardswish())
@@ -63,7 +80,7 @@ def build(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return _seeded(m), x
 
 
-MODELS = ["conv_bn_relu", "resblock", "mlp", "transformer", "dws", "flatten"]
+MODELS = ["conv_bn_relu", "resblock", "mlp", "transformer", "attention", "dws", "flatten"]
 
 
 def run(low, inputs) -> list[torch.Tensor]:
@@ -329,19 +346,47 @@ def onnx_files(tmp_path_factory):
 @pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("name", MODELS)
 def test_agrees_with_onnx_route(name, fuse, onnx_files):
-    """Same activation bytes and M_R (cosma-int8) from both frontends, except the transformer:
-    the ONNX file spells scaled_dot_product_attention as Transpose, Mul, Mul, MatMul, Softmax,
-    MatMul (and, unfused, a 3-D Linear as MatMul then Add), whose intermediates torch's fused
-    kernels never hold, so only M_R agrees there and ONNX counts more bytes."""
+    """Same activation bytes and M_R (cosma-int8) from both frontends, with attention lowered as
+    the ONNX file spells it. One difference is left, on the ONNX side, unfused: the exporter
+    writes a Linear on a 3-D input as MatMul then Add (Gemm takes 2-D only), so the ONNX graph
+    also holds each MatMul's output before its bias, a tensor torch's linear (one addmm, as
+    ONNX's own 2-D Gemm) never makes. Fused, that Add folds back into the MatMul."""
     from frontends.onnx import load_onnx
 
     m, x = build(name)
-    fx_acts, fx_mr = figures(load_module(m, x, fuse=fuse))
+    fx_acts, fx_mr = figures(load_module(m, x, fuse=fuse, decompose_attention=True))
     onnx_acts, onnx_mr = figures(load_onnx(onnx_files(name), fuse=fuse))
-    assert fx_mr == onnx_mr
-    if name == "transformer":
-        attention = 2 * 4 * 8 * 5 * 3 + 2 * 4 * 5 * 5 * 2  # K transposed, q and k scaled, scores, softmax
-        linear_3d = 0 if fuse else 5 * 2 * 96 + 2 * 5 * 64 + 2 * 5 * 32  # MatMul outputs before the bias Add
-        assert onnx_acts - fx_acts == attention + linear_3d
-    else:
-        assert fx_acts == onnx_acts
+    # unfused, ONNX also holds the MatMul outputs of in_proj, linear1, linear2 (out_proj reads 2-D: a Gemm)
+    before_bias = 5 * 2 * 96 + 2 * 5 * 64 + 2 * 5 * 32 if name == "transformer" and not fuse else 0
+    assert (fx_mr, fx_acts + before_bias) == (onnx_mr, onnx_acts)
+
+
+def test_attention_decomposes_as_onnx_spells_it():
+    m, x = build("transformer")
+    whole, parts = lower_module(m, x), lower_module(m, x, decompose_attention=True)
+    assert [op.type for op in whole.graph.ops].count("aten.scaled_dot_product_attention") == 1  # a GPU's fused kernel
+    got = [(op.type, parts.graph.tensors[op.outputs[0]].shape, op.flops) for op in parts.graph.ops
+           if op.name.startswith("scaled_dot_product_attention")]
+    # K^T, q * sqrt(scale), K^T * sqrt(scale), scores, softmax, softmax @ v: batch 2, 4 heads, 5 tokens, 8 dims
+    assert got == [("aten.transpose", (2, 4, 8, 5), 0), ("aten.mul", (2, 4, 5, 8), 320),
+                   ("aten.mul", (2, 4, 8, 5), 320), ("aten.matmul", (2, 4, 5, 5), 2 * 200 * 8),
+                   ("aten.softmax", (2, 4, 5, 5), 5 * 200), ("aten.matmul", (2, 4, 5, 8), 2 * 320 * 5)]
+    with torch.no_grad():
+        assert close(run(parts, x)[0], m(*x))
+
+
+def test_attention_masks_and_gqa_decompose_on_both_routes():
+    m, x = build("attention")
+    low = lower_module(m, x, decompose_attention=True)
+    types = [op.type for op in low.graph.ops]
+    assert "aten.scaled_dot_product_attention" not in types and types.count("aten.softmax") == 3
+    assert types.count("aten.isnan") == 1 and types.count("aten.expand") == 2  # the bool mask; GQA's k and v
+    assert low.graph.tensors["scaled_dot_product_attention_masked"].shape == (2, 4, 5, 6)  # + the float mask
+    seen = []
+    torch._dynamo.reset()
+    torch.compile(m, backend=lambda gm, ex: seen.append((gm, list(ex))) or gm.forward, fullgraph=True)(*x)
+    gm, ex = seen[0]  # dynamo's placeholders come in the order forward reads them
+    dynamo = lower_graph_module(gm, ex, decompose_attention=True)
+    assert figures(dynamo.graph) == figures(low.graph)
+    with torch.no_grad():
+        assert close(run(low, x)[0], m(*x)) and close(run(dynamo, ex)[0], m(*x))
