@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, help="image side / frames' side / sequence length (default: published)")
     p.set_defaults(run=cmd_zoo_export)
 
+    p = sub.add_parser("alloc", help="pack buffers with fixed lifetimes (MiniMalloc CSV) into the least memory")
+    from solvers.alloc import add_arguments as alloc_arguments  # the flags mirror solvers.alloc_search.Params
+
+    alloc_arguments(p)
+    p.set_defaults(run=cmd_alloc)
+
     p = sub.add_parser("show", help="draw a plan's allocation map and live bytes")
     p.add_argument("plan", help="plan JSON (planner-plan/1)")
     p.add_argument("-o", "--output", required=True, help="image file (.png, .svg, .pdf)")
@@ -314,6 +320,13 @@ def cmd_zoo_export(args: argparse.Namespace) -> int:
     models.export_onnx(args.name, args.output, batch=args.batch, resolution=args.resolution)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size:,} B) in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def cmd_alloc(args: argparse.Namespace) -> int:
+    from solvers.alloc import run
+
+    _check_writable(args.output)
+    return run(args)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

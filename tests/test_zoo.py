@@ -1,18 +1,16 @@
 """The model zoo: published parameter counts, and for every model a forward at its small
 shape, an ONNX export, onnxruntime parity with torch eager, and the ONNX and fx frontends
-agreeing on M_R and activation bytes. Each model is built and exported once (module-scoped
-fixture); the exported file is shared by the tests below it."""
+agreeing on M_R and activation bytes. Each model is built and exported once per session
+(tests/conftest.py), shared with test_zoo_nas.py."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import models
-from models import ZOO, ZooEntry
+from models import ZOO
 from planner.errors import BadInput
 from planner.ir import TARGETS, Graph
 from planner.problem import Problem
@@ -74,29 +72,13 @@ def test_export_onnx_writes_one_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
-@dataclass
-class Case:
-    entry: ZooEntry
-    model: torch.nn.Module
-    args: tuple[torch.Tensor, ...]
-    outputs: list[np.ndarray]  # torch eager, flattened
-    path: Path  # the exported ONNX file
-
-
 def _flat(out) -> list[np.ndarray]:
     return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
 @pytest.fixture(scope="module", params=list(ZOO))
-def case(request, tmp_path_factory) -> Case:
-    entry = ZOO[request.param]
-    model = entry.build()
-    args = models.example_inputs(entry, shape=entry.small_shape)
-    with torch.no_grad():
-        outputs = _flat(model(*args))
-    path = tmp_path_factory.mktemp(entry.name) / f"{entry.name}.onnx"
-    models.export_module(model, args, path)
-    return Case(entry, model, args, outputs, path)
+def case(request, zoo_case):
+    return zoo_case(request.param)
 
 
 def test_forward_depends_on_input(case):

@@ -1,7 +1,7 @@
 """The NAS zoo (models.nas): parameter counts against the published ones, seeded eval forward,
 dynamo ONNX export checked by onnxruntime, and lowering through the ONNX frontend.
 
-Each model is built once and exported once (module-scoped fixtures), at its small shape.
+Each model is exported once per session at its small shape (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -54,11 +54,10 @@ def built(request):
 
 
 @pytest.fixture(scope="module")
-def exported(built, tmp_path_factory):
+def exported(built, zoo_case):
     entry, model, x = built
-    path = tmp_path_factory.mktemp("nas") / f"{entry.name}.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, verbose=False)
-    return entry, model, x, path
+    c = zoo_case(entry.name)  # the same seeded model, built and exported once per session
+    return entry, c.model, c.args[0], c.path
 
 
 def test_entries_registered():

@@ -1,0 +1,43 @@
+"""Shared fixtures. Exporting a zoo model to ONNX takes 5-30 s, so each model is built,
+run and exported once per session and shared by tests/test_zoo.py and test_zoo_nas.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from models import ZooEntry
+
+
+@dataclass
+class ZooCase:
+    entry: ZooEntry
+    model: torch.nn.Module
+    args: tuple[torch.Tensor, ...]  # the entry's small_shape inputs
+    outputs: list[np.ndarray]  # torch eager, flattened
+    path: Path  # the exported ONNX file
+
+
+@pytest.fixture(scope="session")
+def zoo_case(tmp_path_factory) -> Callable[[str], ZooCase]:
+    cache: dict[str, ZooCase] = {}
+
+    def get(name: str) -> ZooCase:
+        if name not in cache:
+            entry = models.get(name)
+            model = entry.build()
+            args = models.example_inputs(entry, shape=entry.small_shape)
+            with torch.no_grad():
+                out = model(*args)
+            outputs = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+            path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
+            models.export_module(model, args, path)
+            cache[name] = ZooCase(entry, model, args, outputs, path)
+        return cache[name]
+
+    return get
