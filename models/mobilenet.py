@@ -25,6 +25,21 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new_v
 
 
+
+def _init(model: nn.Module, conv_mode: str) -> None:
+    """torchvision's MobileNet initialisation, with the conv fan mode chosen by the caller."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=conv_mode)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
 class ConvBNAct(nn.Sequential):
     """conv -> norm -> activation with 'same' padding; torchvision's Conv2dNormActivation."""
 
@@ -89,19 +104,9 @@ class MobileNetV2(nn.Module):
         features.append(ConvBNAct(cin, last, 1, activation_layer=nn.ReLU6))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                # torchvision uses fan_out; untrained, that shrinks activations ~10x per stage
-                # (the logits end near 1e-9), so fan_in keeps them O(1) here
-                nn.init.kaiming_normal_(m.weight, mode="fan_in")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        # torchvision uses fan_out; untrained, that shrinks activations ~10x per stage
+        # (the logits end near 1e-9), so fan_in keeps them O(1) here
+        _init(self, conv_mode="fan_in")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
@@ -151,17 +156,7 @@ class MobileNetV3(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(inplace=True),
                                         nn.Dropout(dropout, inplace=True), nn.Linear(1280, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        _init(self, conv_mode="fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

@@ -62,6 +62,12 @@ def _align(n: int, a: int) -> int:
     return -(-n // a) * a
 
 
+def _busy(buffers: list[Buffer], offsets: list[int | None], placed: list[int], b: Buffer) -> list[tuple[int, int]]:
+    """Byte ranges of the placed buffers alive at the same time as `b`, by offset."""
+    return sorted((offsets[j], offsets[j] + buffers[j].size) for j in placed  # type: ignore[operator,misc]
+                  if buffers[j].lower < b.upper and b.lower < buffers[j].upper)
+
+
 def greedy_by_size(buffers: list[Buffer], alignment: int = 1) -> list[int]:
     """Offsets (in the order of `buffers`) from TFLite's greedy-by-size, first fit.
 
@@ -80,9 +86,7 @@ def greedy_by_size(buffers: list[Buffer], alignment: int = 1) -> list[int]:
         if b.offset is not None:
             offsets[i] = b.offset
         else:
-            # Occupied ranges of buffers alive at the same time, by offset.
-            busy = sorted((offsets[j], offsets[j] + buffers[j].size) for j in placed  # type: ignore[operator]
-                          if buffers[j].lower < b.upper and b.lower < buffers[j].upper)
+            busy = _busy(buffers, offsets, placed, b)
             at = 0
             for lo, hi in busy:
                 if at + b.size <= lo:
@@ -112,8 +116,7 @@ def best_fit(buffers: list[Buffer], order: str = "size", alignment: int = 1) -> 
         if b.offset is not None:
             offsets[i] = b.offset
         else:
-            busy = sorted((offsets[j], offsets[j] + buffers[j].size) for j in placed  # type: ignore[operator]
-                          if buffers[j].lower < b.upper and b.lower < buffers[j].upper)
+            busy = _busy(buffers, offsets, placed, b)
             best, best_gap, at = None, math.inf, 0
             for lo, hi in busy:
                 if at + b.size <= lo and lo - at < best_gap:
