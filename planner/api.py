@@ -152,8 +152,8 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
             candidates.append({"solver": name, "skipped": "time limit"})
             continue
         say(f"solving with {name}")
-        run = registry.solver(name, time_limit=max(remaining, 1.0),
-                              schedule=b.order if name.startswith("minpeak") and not fixed_order else None)
+        ordered = (name.startswith("minpeak") or name == "exact") and not fixed_order  # reuse the M_P order
+        run = registry.solver(name, time_limit=max(remaining, 1.0), schedule=b.order if ordered else None)
         try:
             p = run(problem)
         except SolverTimeout as e:

@@ -1,0 +1,267 @@
+"""The exact joint solver: operator order, replacement and offsets, with a proven bound.
+
+Three models, run in this order until the best plan meets a bound (COSMA, arXiv
+2311.18246, solves all three decisions in one big-M ILP whose LP bound is zero):
+
+1. For a fixed order (the min-peak order and the file order), replacement is a
+   time-indexed 0-1 programme (`model.py`): r[t, s] keeps tensor t resident at step s,
+   l[t, s] reloads it, st[t] stores an activation once, so any number of spill/reload
+   cycles, reloads at new offsets and free eviction of clean tensors are allowed. Fast
+   memory is one capacity row per step, a relaxation with a real LP bound; the
+   residencies are then packed (greedy by size, then the exact allocator) and a pattern
+   that provably does not fit is cut off and the programme solved again (logic-based
+   Benders, Hooker & Ottosson). Where the graph admits one order only, this is the answer.
+2. Over all orders, a lower bound from the relative-order relaxation (`orders.py`):
+   only which op runs before which, and what is resident during each op.
+3. The joint model, (1) with x[o, s] placing each op inside its ASAP/ALAP window,
+   warm-started from the best plan, for the time left, when it is small enough to help.
+
+Every candidate is replayed by the simulator; COSMA's four baselines are candidates too,
+so the answer never has more traffic than the best of them. Back ends: HiGHS (default),
+CBC, CP-SAT (`backends.py`). Recomputation is not modelled: with `allow_recompute` the
+plans never recompute and the bound is 0.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from planner.bounds import check_budget, min_peak
+from planner.plan import Plan, SolverInfo
+from planner.problem import Problem
+from solvers import baselines
+from solvers.exact import backends, decode, orders as order_model
+from solvers.exact.model import Flags, build, windows
+
+__all__ = ["Params", "solve"]
+
+
+@dataclass
+class Params:
+    time_limit: float | None = 60.0  # seconds for the whole solve, baselines included
+    backend: str = "highs"  # "highs" (highspy), "cbc" (PuLP) or "cpsat" (OR-Tools)
+    threads: int = 1  # solver threads; keep at most 2 on the benchmark machines
+    schedule: list[str] | None = None  # a min-peak order (from the API); computed when None
+    # Ops only inside their ASAP/ALAP windows.
+    windows: bool = True
+    # Loads only at a step that uses the tensor (a later load is never worse).
+    jit_loads: bool = True
+    # A residency ends at a use of its tensor (keeping it longer only costs room).
+    early_evict: bool = True
+    # Precedence on cumulative sums per step (off: one row per edge on positions).
+    strong_precedence: bool = True
+    # Cuts: a live tensor is resident unless spilled, and a spill costs a reload (and a store).
+    liveness_cuts: bool = True
+    # Bound over orders from the relative-order relaxation (solvers.exact.orders).
+    order_bound: bool = True
+    # Triangle rows of the relative-order relaxation, added where its solution has a cycle.
+    lazy_transitivity: bool = True
+    # The joint time-indexed model of order and replacement, after the stages above.
+    joint: bool = True
+    joint_max_columns: int = 40_000  # skip the joint model past this size (estimated)
+    # Start the solver from the best baseline.
+    warm_start: bool = True
+    # Seconds for each exact packing of a solution's residencies.
+    alloc_time_limit: float = 5.0
+    dump_lp: str | None = None  # write the joint model here (LP/MPS by the back end)
+    log: list[str] = field(default_factory=list, repr=False)  # one line per round, for benchmarks
+
+
+def solve(problem: Problem, params: Params | None = None) -> Plan:
+    """The plan of least non-compulsory traffic, or the best found with its gap.
+
+    Parameters
+    ----------
+    problem : graph, target (capacity = budget), fixed_order / allow_recompute.
+    params : back end, time limit and the switches above.
+
+    Returns
+    -------
+    Plan with status "optimal" (objective equals a proven bound) or "feasible" (bound and
+    gap set). Never more traffic than the best COSMA baseline.
+
+    Raises
+    ------
+    Infeasible : the budget is below M_R.
+
+    Examples
+    --------
+    >>> from tests.graphs import chain
+    >>> from planner.ir import Target
+    >>> p = solve(Problem(chain([4, 8, 2, 16]), Target("t", 20, alignment=1, element_bytes=1)))
+    >>> p.solver.status, p.solver.objective
+    ('optimal', 0)
+    """
+    params = params or Params()
+    t0 = time.perf_counter()
+    limit = math.inf if params.time_limit is None else params.time_limit
+    # A reserve for reading, placing and replaying the last solution, so the call ends in time.
+    deadline = t0 + limit - min(2.0, 0.05 * limit)
+    check_budget(problem)
+    flags = Flags(params.windows, params.jit_loads, params.early_evict, params.strong_precedence, params.liveness_cuts)
+    orders = _orders(problem, params, deadline)
+    best: _Best = _Best(None, math.inf)
+    for order in orders:  # COSMA's baselines on each candidate order
+        for replacement in ("belady", "greedy"):
+            p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
+            best.offer(p, _noncompulsory(problem, p), f"baseline {replacement}")
+    bound = 0.0
+    if best.cost > 0:
+        # Stage 1: the replacement problem, exactly, on each candidate order. Where the
+        # graph leaves one order only (or the order is fixed), its bound is the answer's.
+        win = windows(problem, True)
+        forced = problem.fixed_order or all(lo == hi for lo, hi in win.values())
+        for i, order in enumerate(orders):
+            f = build(problem, flags, order)
+            lb = _rounds(f, problem, params, best, deadline, f"order {i}", _hint(f, problem, order, params))
+            if forced:
+                bound = max(bound, lb)
+        # The joint model's size: one column per op and step of its window, per tensor and
+        # step it may be resident. Past `joint_max_columns` its LP does not solve in time.
+        size = sum(hi - lo + 1 for lo, hi in win.values() if hi > lo) + sum(
+            max(win[o][1] for o in uses) - min(win[o][0] for o in uses) + 1 for uses in _uses(problem))
+        joint = params.joint and not forced and size <= params.joint_max_columns
+        # Stage 2: a bound over all orders from the relative-order relaxation.
+        if not forced and params.order_bound and best.cost > bound:
+            now = time.perf_counter()
+            share = now + (deadline - now) / 2 if joint else deadline
+            bound = max(bound, _order_bound(problem, params, best.cost, share))
+        # Stage 3: the joint model, warm-started from the best plan, for what is left.
+        if joint and best.cost > bound and deadline - time.perf_counter() > 1.0:
+            f = build(problem, flags)
+            hint = _encode(f, problem, best.plan, params)
+            bound = max(bound, _rounds(f, problem, params, best, deadline, "joint", hint))
+        elif not forced and not joint:
+            params.log.append(f"joint model skipped: about {size} columns")
+    cost = best.cost
+    if problem.allow_recompute:  # plans here never recompute, and the models' bounds ignore it
+        params.log.append("recompute is not modelled: plans without it, bound 0")
+        bound = 0.0
+    bound = min(bound, cost)
+    status = "optimal" if cost <= bound else "feasible"
+    gap = 0.0 if cost == 0 else (cost - bound) / cost
+    info = SolverInfo("exact", status, objective=cost, bound=bound, gap=gap, seconds=time.perf_counter() - t0)
+    plan = Plan.build(problem, best.plan.steps, info)
+    plan.extra = {"found_by": best.source}
+    return plan
+
+
+@dataclass
+class _Best:
+    plan: Plan | None
+    cost: float
+    source: str = ""
+
+    def offer(self, plan: Plan, cost: int, source: str) -> None:
+        if cost < self.cost:
+            self.plan, self.cost, self.source = plan, cost, source
+
+
+def _orders(problem: Problem, params: Params, deadline: float) -> list[list[str]]:
+    """Candidate orders: the min-peak order (the API's or computed) and the file order."""
+    file = [o.name for o in problem.graph.ops]
+    if problem.fixed_order:
+        return [file]
+    mp = params.schedule
+    if mp is None:
+        mp = min_peak(problem, time_limit=max(1.0, (deadline - time.perf_counter()) / 4)).order
+    return [mp] if mp == file else [mp, file]
+
+
+def _hint(f, problem: Problem, order: list[str], params: Params) -> list[int] | None:
+    """The better baseline on `order`, encoded."""
+    best = _Best(None, math.inf)
+    for replacement in ("belady", "greedy"):
+        p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
+        best.offer(p, _noncompulsory(problem, p), replacement)
+    return _encode(f, problem, best.plan, params)
+
+
+def _encode(f, problem: Problem, plan: Plan, params: Params) -> list[int] | None:
+    if not params.warm_start:
+        return None
+    try:
+        return decode.encode(f, problem, plan.steps)
+    except KeyError:  # the plan's order lies outside the model's windows
+        return None
+
+
+def _rounds(f, problem: Problem, params: Params, best: _Best, deadline: float, label: str, hint) -> float:
+    """Solves `f`, places the residencies, cuts what does not fit, until proven or out of
+    time. Offers every placed solution to `best`; returns the proven bound in bytes."""
+    bound, unit = 0.0, f.obj_unit
+    for k in range(1, 10_000):
+        left = deadline - time.perf_counter()
+        joint = label == "joint"
+        if left <= (3.0 if joint else 0.05):
+            break
+        res = backends.solve(f.model, params.backend, left - (1.0 if joint else 0.0), params.threads, hint,
+                             params.dump_lp if k == 1 and joint else None, isolate=joint)
+        if res.bound > -math.inf:
+            bound = max(bound, math.ceil(res.bound - 1e-6) * unit)
+        params.log.append(f"{label} round {k}: {res.status}, objective {res.objective}, bound {res.bound}, "
+                          f"{res.seconds:.2f} s, {len(f.model.lb)} columns, {len(f.model.row_lo)} rows")
+        if res.x is None:
+            break
+        sol = decode.read(f, problem, res.x)
+        bufs = decode.buffers(problem, sol)
+        budget = min(params.alloc_time_limit, max(deadline - time.perf_counter(), 0.01))
+        fit, offsets = decode.place(problem, bufs, budget)
+        if fit == decode.FITS:
+            at = dict(zip(_runs(sol), offsets))  # type: ignore[arg-type]
+            plan = Plan.build(problem, decode.steps_of(problem, sol, at), SolverInfo("exact", "feasible"))
+            best.offer(plan, _noncompulsory(problem, plan), label)
+            break  # optimal for this model, or the back end stopped on time
+        if fit == decode.UNKNOWN:
+            params.log.append(f"{label}: packing timed out, no valid cut; stopping")
+            break
+        lo, hi = decode.core(problem, bufs, f.n, budget)
+        decode.cut(f, sol, lo, hi, f"nofit_{k}_{lo}_{hi}")
+        params.log.append(f"{label} round {k}: residencies do not fit in steps [{lo}, {hi}): cut")
+        hint = _encode(f, problem, best.plan, params) if label == "joint" else hint
+    return bound
+
+
+def _order_bound(problem: Problem, params: Params, target: float, deadline: float) -> float:
+    """The relative-order relaxation's bound in bytes; triangle rows are added for the
+    3-cycles of each solution until none is left, the bound reaches `target`, or time ends."""
+    m, unit = order_model.build(problem)
+    bound = 0.0
+    for k in range(1, 50):
+        left = deadline - time.perf_counter()
+        if left <= 3.0:
+            break
+        res = backends.solve(m, params.backend, left - 1.0, params.threads, None, bound_only=True,
+                             isolate=len(m.lb) > 2000)
+        params.log.append(f"orders round {k}: {res.status}, objective {res.objective}, bound {res.bound}, "
+                          f"{res.seconds:.2f} s, {len(m.lb)} columns, {len(m.row_lo)} rows")
+        if res.bound > -math.inf:
+            bound = max(bound, math.ceil(res.bound - 1e-6) * unit)
+        if res.status != backends.OPTIMAL or bound >= target or not params.lazy_transitivity:
+            break
+        if not order_model.add_triangles(m, res.x):
+            break
+    return bound
+
+
+def _uses(problem: Problem) -> list[list[str]]:
+    """Per tracked tensor with a use, the ops that need it resident."""
+    g = problem.graph
+    out = []
+    for t in problem.sizes:
+        tt = g.tensors[t]
+        u = ([tt.producer] if tt.producer else []) + list(tt.consumers)
+        if u:
+            out.append(u)
+    return out
+
+
+def _runs(sol: decode.Solution):
+    return [(t, lo) for t, rs in sol.runs.items() for lo, _ in rs]
+
+
+def _noncompulsory(problem: Problem, plan: Plan) -> int:
+    from runtime.simulator import simulate
+
+    return simulate(plan, problem.graph, problem.target, check_metrics=False).metrics.noncompulsory_bytes
