@@ -28,7 +28,7 @@ def run(names: list[str], target_name: str, time_limit: float) -> dict:
     for name in names:
         entry = models.get(name)
         t0 = time.perf_counter()
-        graph = load_graph(name, fuse=target.kind == "accelerator")
+        graph = load_graph(name, target=target)
         t1 = time.perf_counter()
         problem = Problem(graph, target)
         m_r, op = B.m_r(problem)

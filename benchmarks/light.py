@@ -17,9 +17,8 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import write  # noqa: E402
-from frontends.onnx import load_onnx  # noqa: E402
 from planner import bounds as B  # noqa: E402
-from planner.api import plan, resolve_target  # noqa: E402
+from planner.api import load_graph, plan, resolve_target  # noqa: E402
 from planner.problem import Problem  # noqa: E402
 from planner.registry import PORTFOLIOS  # noqa: E402
 
@@ -31,7 +30,7 @@ def run(target_name: str) -> dict:
     rows = []
     for path in sorted(LIGHT.glob("light_*.onnx")):
         t0 = time.perf_counter()
-        graph = load_onnx(path, fuse=target.kind == "accelerator")
+        graph = load_graph(path, target=target)
         lower_s = time.perf_counter() - t0
         b = B.budgets(Problem(graph, target))
         row = {"model": path.stem.removeprefix("light_"), "ops": len(graph.ops), "tensors": len(graph.tensors),

@@ -23,17 +23,20 @@ from planner.units import parse_bytes
 BUDGET_NAMES = ("M_R", "M_H", "M_P")
 
 
-def load_graph(model: Any, *, inputs: tuple | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
-               fuse: bool = True, decompose_attention: bool | None = None, name: str | None = None) -> Graph:
+def load_graph(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple | None = None,
+               shapes: dict[str, tuple[int, ...]] | None = None, fuse: bool | None = None,
+               decompose_attention: bool | None = None, name: str | None = None) -> Graph:
     """Lowers a model to the IR: an ONNX path or ModelProto, an nn.Module or GraphModule
     with example `inputs`, a zoo model's name, or a Graph (returned as is).
 
-    `decompose_attention` (torch models; an ONNX file has it decomposed already) lowers
-    scaled_dot_product_attention as the ops the ONNX exporter writes, whose intermediates an
-    accelerator holds; default: as `fuse`, the accelerator setting (plan() and bounds() set
-    both from the target)."""
-    if decompose_attention is None:
-        decompose_attention = fuse
+    `fuse` folds BN and activations into the op before them; `decompose_attention` (torch
+    models; an ONNX file has it decomposed already) lowers scaled_dot_product_attention as
+    the ops the ONNX exporter writes, whose intermediates an accelerator holds. Both default
+    to True on accelerator targets and False on GPU targets, so every caller that lowers
+    for one target gets the same graph."""
+    accelerator = resolve_target(target).kind == "accelerator"
+    fuse = accelerator if fuse is None else fuse
+    decompose_attention = accelerator if decompose_attention is None else decompose_attention
     if isinstance(model, Graph):
         return model
     if isinstance(model, (str, os.PathLike)):
@@ -129,9 +132,8 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
     t0 = time.perf_counter()
     tgt = resolve_target(target)
     say("lowering model")
-    accelerator = tgt.kind == "accelerator"
-    graph = load_graph(model, inputs=inputs, shapes=shapes, fuse=accelerator if fuse is None else fuse,
-                       decompose_attention=accelerator if decompose_attention is None else decompose_attention)
+    graph = load_graph(model, target=tgt, inputs=inputs, shapes=shapes, fuse=fuse,
+                       decompose_attention=decompose_attention)
     problem = Problem(graph, tgt, fixed_order=fixed_order, allow_recompute=allow_recompute)
     cache: list[_bounds.Budgets] = []
 
@@ -192,9 +194,8 @@ def bounds(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple | N
     """The lowered graph and its reference budgets (M_R, M_P, M_H, compulsory bytes); `fuse`
     and `decompose_attention` as for `plan`."""
     tgt = resolve_target(target)
-    accelerator = tgt.kind == "accelerator"
-    graph = load_graph(model, inputs=inputs, shapes=shapes, fuse=accelerator if fuse is None else fuse,
-                       decompose_attention=accelerator if decompose_attention is None else decompose_attention)
+    graph = load_graph(model, target=tgt, inputs=inputs, shapes=shapes, fuse=fuse,
+                       decompose_attention=decompose_attention)
     return graph, _bounds.budgets(Problem(graph, tgt), time_limit=time_limit)
 
 

@@ -245,14 +245,12 @@ def cmd_bounds(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from planner.api import load_graph, resolve_target
+    from planner.api import load_graph
     from planner.plan import Plan
     from runtime.simulator import PlanViolation, simulate
 
     p = Plan.load(args.plan)
-    accelerator = resolve_target(args.target).kind == "accelerator"  # lower exactly as `plan` did
-    graph = load_graph(args.model, shapes=dict(args.shape) or None,
-                       fuse=accelerator if args.fuse is None else args.fuse, decompose_attention=accelerator)
+    graph = load_graph(args.model, target=args.target, shapes=dict(args.shape) or None, fuse=args.fuse)
     try:
         report = simulate(p, graph, p.target)
     except PlanViolation as e:
