@@ -35,13 +35,14 @@ from planner.errors import BadInput
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
-    task: str  # "classification", "video", "segmentation", "translation", "nas"
+    task: str  # "classification", "video", "segmentation", "translation", "language", "nas"
     build: Callable[[], nn.Module]  # seeded random weights, eval mode
     input_shape: tuple[int, ...]  # the published input size, batch 1
     params: int | None  # the published parameter count; None where there is none
     small_shape: tuple[int, ...]  # a cheap input for tests
     note: str = ""  # which variant, where the input size comes from
     num_inputs: int = 1  # the model takes this many tensors of input_shape (transformer: src, tgt)
+    vocab: int | None = None  # inputs are token ids in [0, vocab) instead of floats (language models)
 
 
 def seeded(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -93,6 +94,9 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
     ZooEntry("transformer", "translation", _lazy("models.transformer", "transformer"), (1, 128, 512), 44_140_544,
              (1, 16, 512), "nn.Transformer base (d_model 512, 8 heads, 6+6 layers, FFN 2048), the body only: "
              "inputs are embedded src and tgt (N, S, 512), no masks; the count excludes embeddings", num_inputs=2),
+    ZooEntry("gpt2", "language", _lazy("models.gpt2", "gpt2"), (1, 1024), 124_439_808, (1, 32),
+             "GPT-2 small (12 layers, width 768, 12 heads), LM head tied to the token embedding; input: 1024 token "
+             "ids, output: logits", vocab=50257),
 )}
 
 from models.nas import ENTRIES as _NAS_ENTRIES  # noqa: E402 - needs ZooEntry, defined above
@@ -111,7 +115,7 @@ def shape_for(entry: ZooEntry | str, shape: tuple[int, ...] | None = None, batch
               resolution: int | None = None) -> tuple[int, ...]:
     """The shape of each input: `shape` (default: the published one) with its batch set to
     `batch` and, when given, its spatial size (the last two dims of an image or a video, the
-    sequence length of the transformer) set to `resolution`."""
+    sequence length of the transformer and of GPT-2) set to `resolution`."""
     entry = get(entry) if isinstance(entry, str) else entry
     s = list(entry.input_shape if shape is None else shape)
     if not isinstance(batch, int) or batch < 1:
@@ -129,10 +133,13 @@ def shape_for(entry: ZooEntry | str, shape: tuple[int, ...] | None = None, batch
 
 def example_inputs(entry: ZooEntry | str, shape: tuple[int, ...] | None = None, batch: int = 1,
                    resolution: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Standard-normal inputs from a fixed seed: the same tensors on every call."""
+    """Standard-normal inputs (token ids uniform over the vocabulary for a language model)
+    from a fixed seed: the same tensors on every call."""
     entry = get(entry) if isinstance(entry, str) else entry
     s = shape_for(entry, shape, batch, resolution)
     g = torch.Generator().manual_seed(0)
+    if entry.vocab is not None:
+        return tuple(torch.randint(0, entry.vocab, s, generator=g) for _ in range(entry.num_inputs))
     return tuple(torch.randn(s, generator=g) for _ in range(entry.num_inputs))
 
 

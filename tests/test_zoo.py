@@ -42,6 +42,8 @@ def test_example_inputs_are_deterministic_and_shaped():
     assert a[0].shape == (2, 3, 32, 32) and torch.equal(a[0], b[0])
     assert [x.shape for x in models.example_inputs("transformer", resolution=16)] == [(1, 16, 512)] * 2
     assert models.example_inputs("r2plus1d_18", resolution=32)[0].shape == (1, 3, 16, 32, 32)
+    tokens = models.example_inputs("gpt2", resolution=16)[0]
+    assert tokens.shape == (1, 16) and tokens.dtype == torch.int64 and 0 <= tokens.min() <= tokens.max() < 50257
 
 
 def test_builds_are_deterministic():
@@ -85,7 +87,8 @@ def test_forward_depends_on_input(case):
     # a model whose untrained activations vanish outputs its last bias whatever the input,
     # which would make every parity check below vacuous
     assert all(np.isfinite(o).all() for o in case.outputs)
-    other = tuple(2 * torch.rand_like(a) - 1 for a in case.args)
+    other = tuple(torch.randint_like(a, case.entry.vocab) if case.entry.vocab else 2 * torch.rand_like(a) - 1
+                  for a in case.args)
     with torch.no_grad():
         moved = _flat(case.model(*other))
     for o, m in zip(case.outputs, moved):
