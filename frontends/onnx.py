@@ -71,7 +71,7 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto, *, shapes: dict[str, t
     UnsupportedModel : control flow, ops outside the standard ONNX schema, custom domains.
     """
     proto, stem = _read(model)
-    _name_nodes(proto)
+    name_nodes(proto)
     _check_ops(proto)
     _check_links(proto)
     _set_input_shapes(proto, shapes or {})
@@ -135,7 +135,7 @@ def _read(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, 
     return proto, stem
 
 
-def _name_nodes(proto: onnx.ModelProto) -> None:
+def name_nodes(proto: onnx.ModelProto) -> None:
     """Gives every node a unique, non-empty name (op names): its own, else f"{op_type}_{index}"."""
     seen: set[str] = set()
     for k, n in enumerate(proto.graph.node):

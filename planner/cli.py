@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", help="plan JSON (planner-plan/1)")
     p.add_argument("-o", "--output", required=True, help="image file (.png, .svg, .pdf)")
     p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("export", help="write a plan for an existing viewer (Perfetto, PyTorch memory_viz, Netron)")
+    p.add_argument("plan", help="plan JSON (planner-plan/1)")
+    p.add_argument("-o", "--output", required=True,
+                   help="file to write; its suffix picks the format unless --format is given: .json a "
+                        "Chrome/Perfetto trace, .pickle a PyTorch memory snapshot, .onnx an annotated model")
+    p.add_argument("--format", choices=sorted(EXPORTS), help="trace, snapshot or onnx")
+    p.add_argument("--model", help="the ONNX file the plan was made from (for --format onnx)")
+    p.set_defaults(run=cmd_export)
     return parser
 
 
@@ -161,12 +170,12 @@ def _check_writable(path: str | None) -> None:
         raise BadInput(f"cannot write {path}: permission denied")
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _write_atomic(path: str, text: str | bytes) -> None:
     """Writes via a temporary file in the same directory, so a failure leaves no partial file."""
     parent = Path(path).parent
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".planner-", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -334,6 +343,42 @@ def cmd_show(args: argparse.Namespace) -> int:
     _check_writable(args.output)
     draw(Plan.load(args.plan), args.output)
     print(f"wrote {args.output}")
+    return 0
+
+
+EXPORTS = {"trace": ".json", "snapshot": ".pickle", "onnx": ".onnx"}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import pickle
+
+    from planner.plan import Plan
+    from runtime import export
+
+    fmt = args.format or next((f for f, suffix in EXPORTS.items() if args.output.endswith(suffix)), None)
+    if fmt is None:
+        raise BadInput(f"cannot tell the format of {args.output}: give --format trace, snapshot or onnx")
+    if fmt == "onnx" and not args.model:
+        raise BadInput("--format onnx needs --model, the ONNX file the plan was made from")
+    _check_writable(args.output)
+    plan = Plan.load(args.plan)
+    if fmt == "trace":
+        data = json.dumps(export.chrome_trace(plan)).encode()
+    elif fmt == "snapshot":
+        data = pickle.dumps(export.memory_snapshot(plan), protocol=4)
+    else:
+        import onnx
+
+        from frontends.onnx import name_nodes
+
+        try:
+            model = onnx.load(args.model)
+        except Exception as e:  # missing, truncated, not ONNX
+            raise BadInput(f"{args.model}: cannot read it as ONNX ({(str(e).strip() or type(e).__name__).splitlines()[0][:200]})") from None
+        name_nodes(model)  # the names the ONNX frontend gave the plan's ops
+        data = export.annotate_onnx(model, plan).SerializeToString()
+    _write_atomic(args.output, data)
+    print(f"wrote {args.output} ({fmt}, {len(data):,} B)")
     return 0
 
 
