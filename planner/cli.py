@@ -374,7 +374,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         try:
             model = onnx.load(args.model)
         except Exception as e:  # missing, truncated, not ONNX
-            raise BadInput(f"{args.model}: cannot read it as ONNX ({(str(e).strip() or type(e).__name__).splitlines()[0][:200]})") from None
+            why = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
+            raise BadInput(f"{args.model}: cannot read it as ONNX ({why})") from None
         name_nodes(model)  # the names the ONNX frontend gave the plan's ops
         data = export.annotate_onnx(model, plan).SerializeToString()
     _write_atomic(args.output, data)
