@@ -41,7 +41,8 @@ def chrome_trace(plan: Plan) -> dict[str, Any]:
     for offset in sorted({r.offset for r in report.residencies}):
         tid = offset + 1  # tid 0 is special in some viewers
         events.append({"ph": "M", "pid": memory, "tid": tid, "name": "thread_name", "args": {"name": f"@{offset}"}})
-        events.append({"ph": "M", "pid": memory, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": offset}})
+        events.append({"ph": "M", "pid": memory, "tid": tid, "name": "thread_sort_index",
+                       "args": {"sort_index": offset}})
     for r in report.residencies:
         events.append({"ph": "X", "pid": memory, "tid": r.offset + 1, "name": r.tensor, "cat": r.arrived,
                        "ts": r.start, "dur": max(r.end - r.start, 1),
