@@ -19,9 +19,9 @@ def cpsat_solve(buffers: list[Buffer], capacity: int | None = None, time_limit: 
     """Decides `capacity` (status feasible / infeasible / timeout), or with capacity None
     minimises the height (optimal / feasible with the solver's bound / timeout)."""
     start = time.monotonic()
-    unit = 0
+    unit = 0  # canonical offsets are sums of sizes rounded up to alignments: multiples of this
     for b in buffers:
-        unit = math.gcd(unit, b.size, b.offset or 0)
+        unit = math.gcd(unit, b.size, b.alignment, b.offset or 0)
     unit = math.gcd(unit, capacity or 0) or 1
     top = capacity if capacity is not None else max(load(buffers), height(buffers, greedy(buffers)))
     limit = top // unit

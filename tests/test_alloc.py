@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.errors import BadInput
-from solvers.alloc import (Buffer, Params, best_fit, cpsat_solve, greedy, greedy_by_size, height, load, minimize,
-                           read_csv, solve, write_csv)
+from solvers.alloc import (Buffer, Params, aligned_load, best_fit, cpsat_solve, greedy, greedy_by_size, height, load,
+                           minimize, read_csv, solve, write_csv)
 from solvers.alloc import add_arguments, run
 from solvers.alloc_check import InvalidPacking, validate
 from solvers.alloc_search import _library
@@ -138,6 +138,25 @@ def test_minimize_and_cpsat_agree(case):
     assert brute_force(buffers, r.height) and not brute_force(buffers, r.height - 1)
     c = cpsat_solve(buffers, time_limit=10)
     assert c.status == "optimal" and c.height == r.height
+
+
+def test_alignment_not_dividing_the_sizes():
+    # sizes 2, alignment 3: the packing 0, 3 has height 5, which a size-only grid (even
+    # offsets) cannot represent; padding makes the bound 5 too (LOAD is 4)
+    buffers = [Buffer("a", 0, 1, 2, 3), Buffer("b", 0, 1, 2, 3)]
+    assert load(buffers) == 4 and aligned_load(buffers) == 5
+    assert minimize(buffers).height == cpsat_solve(buffers, time_limit=10).height == 5
+    assert solve(buffers, 4).status == "infeasible"
+
+
+@pytest.mark.parametrize("buffers", [
+    [Buffer("a", 0, 2, 100, 64), Buffer("b", 1, 3, 30, 64), Buffer("c", 0, 3, 7, 4)],
+    [Buffer(str(i), i % 3, i % 3 + 2, 5 + 11 * i, 8 * (1 + i % 3)) for i in range(5)],
+])
+def test_aligned_load_is_a_lower_bound(buffers):
+    r = minimize(buffers)
+    assert r.status == "optimal" and load(buffers) <= aligned_load(buffers) <= r.height
+    assert not brute_force(buffers, aligned_load(buffers) - 1)
 
 
 def test_greedy_packings_are_valid():
