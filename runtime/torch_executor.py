@@ -1,0 +1,457 @@
+"""Runs a plan of an fx-lowered model with PyTorch, in one arena of the plan's size.
+
+The planned version of `frontends.fx.run_graph`. At construction the executor allocates
+one uint8 arena of the plan's extent (the highest `offset + nbytes` of any residency; at
+most the budget) and, for every activation the plan spills, one host buffer (pinned on
+CUDA). Every tensor the plan makes resident is a typed view of the arena at its planned
+offset. Each run then replays the steps:
+
+- load: copy the tensor's slow copy (the caller's input, a tracked weight, or the host
+  buffer a store filled) into its view;
+- compute: call the op with its inputs' views (untracked weights come from `weights`)
+  and make it write into its outputs' views: single-node ops whose callable has an `out=`
+  form (aten `.out` overloads, torch functions taking `out=`) write in place; the others
+  compute into a fresh tensor that is copied into the view. Those fresh results are the
+  executor's only transient allocations; `Stats.transient_peak_bytes` counts them (one
+  op's outputs at a time; kernel workspaces such as cuDNN's are not visible here);
+- store: copy the view to its slow copy (a graph output goes to a fresh tensor that the
+  run returns: outputs outlive the run, so they cannot live in the arena); storing an
+  input or a weight, whose slow copy is already valid, moves nothing;
+- free: drop the name's mapping; its bytes are the next tenant's.
+
+A recompute is a second compute step: the op simply runs again.
+
+On CUDA, computes run on the current stream and loads and stores on a side stream.
+Events order them by bytes, not by step: a step waits only for the steps of the other
+stream that last touched the bytes it writes (or wrote the tensor it reads). A load that
+reuses bytes nothing recent touched therefore starts at once and runs while earlier ops
+compute: the next loads are prefetched without any lookahead in Python, because the host
+issues work ahead of the GPU. On the CPU everything is synchronous and the ordering is a
+no-op: the same loop runs, which is how the tests cover it.
+
+    ex = TorchExecutor(plan, lowered.graph, lowered.weights)
+    outputs = ex.run(x)            # graph outputs, in graph.outputs order
+    ex.stats.transient_peak_bytes  # what ran outside the arena
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from torch.fx.node import map_aggregate
+
+from frontends.fx_rules import Ref, run_steps
+from planner.errors import BadInput
+from planner.ir import Graph, Op
+from planner.plan import Plan
+
+__all__ = ["TorchExecutor", "Stats"]
+
+# Python operators and functional forms whose out= twin is a torch function.
+_OUT_TWINS: dict[Any, Callable[..., Any]] = {operator.add: torch.add, operator.sub: torch.sub,
+                                             operator.mul: torch.mul, operator.truediv: torch.div,
+                                             operator.matmul: torch.matmul}
+
+
+@dataclass
+class Stats:
+    """What the executor allocated and moved; byte counts are real tensor bytes."""
+
+    arena_bytes: int  # the one arena, allocated once at construction
+    host_bytes: int  # buffers for spilled activations (pinned on CUDA), allocated once
+    output_bytes: int = 0  # the tensors a run returns, fresh each run
+    transient_peak_bytes: int = 0  # largest set of op results computed outside the arena, then copied in
+    load_bytes: int = 0
+    store_bytes: int = 0
+    computes: int = 0
+    recomputes: int = 0
+    direct_ops: set[str] = field(default_factory=set)  # ops that wrote into their views (out=)
+    copied_ops: set[str] = field(default_factory=set)  # ops whose results were copied in
+
+
+@dataclass
+class _Step:
+    kind: str
+    name: str  # tensor or op
+    index: int  # position in plan.steps, for error messages
+    views: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # written tensors and their views
+
+
+class TorchExecutor:
+    """Executes `plan` for `graph` (from `frontends.fx`, every op has `fn`).
+
+    Parameters
+    ----------
+    plan : a plan of `graph` (validate it with `runtime.simulator.simulate` first; the
+        executor trusts its offsets and only checks names and sizes).
+    graph : the lowered graph.
+    weights : weight name -> tensor on `device` (e.g. `Lowered.weights`).
+    device : where the arena lives; default: the device of the first weight, else the CPU.
+
+    Raises
+    ------
+    BadInput : the plan names a tensor or op the graph lacks, gives a tensor fewer bytes
+        than its dtype needs (a plan made for another dtype size), or an op has no `fn`.
+    """
+
+    def __init__(self, plan: Plan, graph: Graph, weights: dict[str, torch.Tensor],
+                 device: torch.device | str | None = None):
+        self.plan, self.graph, self.weights = plan, graph, weights
+        first = next(iter(weights.values()), None)
+        self.device = torch.device(device) if device is not None else (first.device if first is not None
+                                                                       else torch.device("cpu"))
+        self.tracked = {t.name: t.nbytes for t in plan.tensors}
+        self._check()
+        with torch.inference_mode(False):  # ordinary tensors, writable in and out of inference mode
+            self.arena = torch.empty(self._extent(), dtype=torch.uint8, device=self.device)
+            self._host = {n: self._host_buffer(n) for n in self._spilled()}
+        self._steps = self._compile_steps()
+        self._writers = {op.name: _Writer(op) for op in graph.ops}
+        self._order: _Ordering | _NoOrdering = _Ordering(CudaLanes(self.device)) \
+            if self.device.type == "cuda" else _NoOrdering()
+        self.stats = Stats(self.arena.numel(), sum(b.numel() * b.element_size() for b in self._host.values()))
+
+    # set-up ---------------------------------------------------------------------------------
+    def _check(self) -> None:
+        g = self.graph
+        for name, planned in self.tracked.items():
+            t = g.tensors.get(name)
+            if t is None:
+                raise BadInput(f"the plan names tensor {name!r}, which graph {g.name!r} lacks")
+            if planned < t.nbytes:
+                raise BadInput(f"the plan gives {name!r} {planned} B but its {t.dtype} values need {t.nbytes} B;"
+                               " plan with a target that sizes tensors at their dtype (gpu-fp32)")
+        for s in self.plan.steps:
+            if s.kind == "compute" and (s.op not in g._ops_by_name() or g.op(s.op).fn is None):
+                raise BadInput(f"the plan computes op {s.op!r}, which graph {g.name!r} lacks or cannot run")
+        for name, t in g.tensors.items():
+            if name not in self.tracked and t.kind == "weight" and name not in self.weights:
+                raise BadInput(f"weight {name!r} has no value; pass Lowered.weights")
+
+    def _extent(self) -> int:
+        """Bytes the plan's residencies reach: the arena's size."""
+        top = 0
+        for s in self.plan.steps:
+            if s.kind == "load":
+                top = max(top, s.offset + self.tracked[s.tensor])  # type: ignore[operator,index]
+            elif s.kind == "compute":
+                top = max([top] + [off + self.tracked[t] for t, off in (s.offsets or {}).items()])
+        if top > self.plan.target.capacity:
+            raise BadInput(f"the plan reaches byte {top}, past its capacity {self.plan.target.capacity}")
+        return top
+
+    def _spilled(self) -> list[str]:
+        """Activations the plan stores that are not graph outputs: they need a host buffer."""
+        outs = {self.graph.base(o) for o in self.graph.outputs}
+        return list(dict.fromkeys(s.tensor for s in self.plan.steps if s.kind == "store" and s.tensor not in outs
+                                  and self.graph.tensors[s.tensor].kind == "activation"))  # type: ignore[index]
+
+    def _host_buffer(self, name: str) -> torch.Tensor:
+        t = self.graph.tensors[name]
+        pin = self.device.type == "cuda"
+        return torch.empty(t.shape, dtype=_dtype(t.dtype), device="cpu", pin_memory=pin)
+
+    def _view(self, name: str, offset: int) -> torch.Tensor:
+        t = self.graph.tensors[name]
+        dtype = _dtype(t.dtype)
+        if offset % dtype.itemsize:
+            raise BadInput(f"the plan puts {name!r} at offset {offset}, not a multiple of its {t.dtype} size")
+        return self.arena[offset:offset + t.nbytes].view(dtype).view(t.shape)
+
+    def _compile_steps(self) -> list[_Step]:
+        """The plan's steps with their arena views made once, so a run only copies and calls."""
+        out = []
+        for k, s in enumerate(self.plan.steps):
+            if s.kind == "compute":
+                op = self.graph.op(s.op)  # type: ignore[arg-type]
+                offsets = s.offsets or {}
+                missing = [o for o in op.outputs if o in self.tracked and o not in offsets]
+                if missing:
+                    raise BadInput(f"plan step {k}: compute {op.name!r} gives no offset to {missing[0]!r}")
+                out.append(_Step("compute", op.name, k, [(o, self._view(o, offsets[o])) for o in op.outputs]))
+            elif s.kind == "load":
+                out.append(_Step("load", s.tensor, k, [(s.tensor, self._view(s.tensor, s.offset))]))  # type: ignore
+            else:
+                out.append(_Step(s.kind, s.tensor, k))  # type: ignore[arg-type]
+        return out
+
+    # a run ----------------------------------------------------------------------------------
+    def run(self, *inputs: torch.Tensor, weights: dict[str, torch.Tensor] | None = None,
+            check_arena: bool = False) -> list[torch.Tensor]:
+        """Runs the plan on `inputs` (in `graph.inputs` order); returns `graph.outputs`' values.
+
+        `weights` overrides weight values for this run only (same shapes), e.g. the
+        parameters torch.compile passes at each call. `check_arena` verifies after every
+        step that each resident tensor lies inside the arena (tests). Runs without autograd."""
+        g = self.graph
+        if len(inputs) != len(g.inputs):
+            raise BadInput(f"{g.name} takes {len(g.inputs)} inputs, got {len(inputs)}")
+        for name, x in zip(g.inputs, inputs):
+            t = g.tensors[name]
+            if tuple(x.shape) != t.shape or _dtype(t.dtype) != x.dtype:
+                raise BadInput(f"input {name!r} is {tuple(x.shape)} {x.dtype}; the plan is for {t.shape} {t.dtype}")
+        values = {**self.weights, **(weights or {})}
+        st = self.stats
+        st.load_bytes = st.store_bytes = st.computes = st.recomputes = st.transient_peak_bytes = 0
+        with torch.no_grad():
+            outputs = {o: torch.empty(g.tensors[o].shape, dtype=_dtype(g.tensors[o].dtype), device=self.device)
+                       for o in {g.base(o) for o in g.outputs}}  # before the ordering starts: see _Ordering
+            st.output_bytes = sum(v.numel() * v.element_size() for v in outputs.values())
+            self._order.begin()
+            slow: dict[str, torch.Tensor] = {**values, **dict(zip(g.inputs, inputs)), **self._host}
+            resident: dict[str, torch.Tensor] = {}
+            done: set[str] = set()
+            for step in self._steps:
+                if step.kind == "compute":
+                    self._compute(step, resident, values, done)
+                elif step.kind == "load":
+                    self._load(step, resident, slow)
+                elif step.kind == "store" and g.tensors[step.name].kind not in ("input", "weight"):
+                    self._store(step, resident, outputs.get(step.name, self._host.get(step.name)), slow)
+                elif step.kind == "free":
+                    self._order.free(step.name)
+                    resident.pop(step.name, None)
+                if check_arena:
+                    self._check_in_arena(step, resident)
+            self._order.end()
+        return [outputs[o] if o not in g.views else outputs[g.base(o)].reshape(g.views[o].shape) for o in g.outputs]
+
+    def _check_in_arena(self, step: _Step, resident: dict[str, torch.Tensor]) -> None:
+        lo, hi = self.arena.data_ptr(), self.arena.data_ptr() + self.arena.numel()
+        for name, v in resident.items():
+            start = v.data_ptr()
+            if not (lo <= start and start + v.numel() * v.element_size() <= hi):
+                raise RuntimeError(f"after plan step {step.index}: {name!r} is resident outside the arena")
+
+    def _compute(self, step: _Step, resident: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
+                 done: set[str]) -> None:
+        op = self.graph.op(step.name)
+        try:
+            args = [resident[t] if t in self.tracked else values[t] for t in op.inputs]
+        except KeyError as e:
+            raise BadInput(f"plan step {step.index}: {op.name!r} reads {e.args[0]!r}, which is not resident") from None
+        tracked_in = [t for t in op.inputs if t in self.tracked]
+        self._order.before("compute", tracked_in, step.views)
+        transient = self._writers[op.name](args, [v for _, v in step.views], self.arena)
+        self._order.after("compute", tracked_in, step.views)
+        st = self.stats
+        st.transient_peak_bytes = max(st.transient_peak_bytes, transient)
+        (st.direct_ops if self._writers[op.name].direct else st.copied_ops).add(op.name)
+        st.computes += 1
+        st.recomputes += op.name in done
+        done.add(op.name)
+        resident.update(step.views)
+
+    def _load(self, step: _Step, resident: dict[str, torch.Tensor], slow: dict[str, torch.Tensor]) -> None:
+        name, view = step.views[0]
+        src = slow.get(name)
+        if src is None:
+            raise BadInput(f"plan step {step.index}: load of {name!r}, which has no slow copy")
+        self._order.before("copy", [], step.views)
+        with self._order.on("copy"):
+            view.copy_(src.reshape(view.shape), non_blocking=True)
+        self._order.after("copy", [], step.views)
+        resident[name] = view
+        self.stats.load_bytes += view.numel() * view.element_size()
+
+    def _store(self, step: _Step, resident: dict[str, torch.Tensor], dst: torch.Tensor | None,
+               slow: dict[str, torch.Tensor]) -> None:
+        src = resident.get(step.name)
+        if src is None or dst is None:
+            raise BadInput(f"plan step {step.index}: store of {step.name!r}, which is not resident")
+        self._order.before("copy", [step.name], [])
+        with self._order.on("copy"):
+            dst.copy_(src, non_blocking=True)
+        self._order.after("copy", [step.name], [])
+        slow[step.name] = dst
+        self.stats.store_bytes += src.numel() * src.element_size()
+
+
+class _Writer:
+    """Runs one op so that its outputs land in given views.
+
+    A single-node, single-output op whose callable has an out= form (an aten `.out`
+    overload, a torch function taking `out=`, or the torch twin of a Python operator) is
+    tried once with `out=view`; if that raises, or the result is not the view, the op
+    falls back for good to computing a fresh result and copying it in. Fused groups and
+    multi-output ops always take the copy path."""
+
+    def __init__(self, op: Op):
+        self.op = op
+        self.out_call = _out_form(op)
+        self.direct = False  # the last call wrote in place
+
+    def __call__(self, args: list[torch.Tensor], views: list[torch.Tensor], arena: torch.Tensor) -> int:
+        """Runs the op into `views`; returns the bytes it computed outside the arena."""
+        if self.out_call is not None:
+            fn, call_args, call_kwargs = self.out_call
+            try:
+                result = fn(*_fill(call_args, args), **dict(zip(call_kwargs, _fill(list(call_kwargs.values()), args))),
+                            out=views[0])
+            except (TypeError, RuntimeError, NotImplementedError):
+                result = None
+            if isinstance(result, torch.Tensor) and result.data_ptr() == views[0].data_ptr() \
+                    and result.shape == views[0].shape:
+                self.direct = True
+                return 0
+            self.out_call = None  # never again: compute and copy
+        self.direct = False
+        results = self.op.fn(*args)  # type: ignore[misc]
+        lo, hi = arena.data_ptr(), arena.data_ptr() + arena.numel()
+        transient = 0
+        for view, r in zip(views, results):
+            if not lo <= r.data_ptr() < hi:  # a result sharing arena bytes (a transpose of an input) is no allocation
+                transient += r.numel() * r.element_size()
+            view.copy_(r.reshape(view.shape) if r.shape != view.shape else r)
+        return transient
+
+
+def _out_form(op: Op) -> tuple[Callable[..., Any], tuple, dict] | None:
+    """(callable taking out=, args, kwargs, where each op input goes) for a single-node op, else None."""
+    fn = op.fn
+    if not (isinstance(fn, functools.partial) and fn.func is run_steps) or len(op.outputs) != 1:
+        return None
+    steps, outs = fn.args
+    if len(steps) != 1 or outs != [0]:
+        return None
+    target, (args, kwargs) = steps[0]
+    if isinstance(target, torch._ops.OpOverload):
+        target = getattr(target.overloadpacket, "out", None)
+    else:
+        target = _OUT_TWINS.get(target, target)
+    if target is None or not callable(target) or "out" in kwargs:
+        return None
+    return target, args, kwargs
+
+
+def _fill(args: Any, values: list[torch.Tensor]) -> list[Any]:
+    """Arguments with every op-input slot replaced by its value, as `run_steps` fills them."""
+    def get(a: Any) -> Any:
+        if isinstance(a, Ref):
+            v = values[a.index]
+            return v if a.shape is None else v.reshape(a.shape)
+        return a
+    return list(map_aggregate(args, get))
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+class _NoOrdering:
+    """The CPU: every copy and op is synchronous, so there is nothing to order."""
+
+    def begin(self) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def before(self, lane: str, reads: Sequence[str], writes: Sequence[tuple[str, torch.Tensor]]) -> None:
+        pass
+
+    def after(self, lane: str, reads: Sequence[str], writes: Sequence[tuple[str, torch.Tensor]]) -> None:
+        pass
+
+    def free(self, name: str) -> None:
+        pass
+
+    def on(self, lane: str) -> Any:
+        return contextlib.nullcontext()
+
+
+class CudaLanes:
+    """The two CUDA lanes: "compute" is the caller's current stream, "copy" a side stream."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.copy = torch.cuda.Stream(device)
+
+    def stream(self, lane: str) -> Any:
+        return torch.cuda.current_stream(self.device) if lane == "compute" else self.copy
+
+    def record(self, lane: str) -> Any:
+        event = torch.cuda.Event()
+        event.record(self.stream(lane))
+        return event
+
+    def wait(self, lane: str, event: Any) -> None:
+        self.stream(lane).wait_event(event)
+
+    def start(self) -> None:
+        self.copy.wait_stream(self.stream("compute"))  # the caller's inputs and the last run's work
+
+    def finish(self) -> None:
+        self.stream("compute").wait_stream(self.copy)  # outputs are complete for whoever reads them next
+
+    def on(self, lane: str) -> Any:
+        return torch.cuda.stream(self.stream(lane))
+
+
+class _Ordering:
+    """Orders two lanes (computes; loads and stores) by the bytes each step touches.
+
+    For each resident tensor it keeps the event of the step that wrote it and the last
+    event of each lane that touched it; a freed tensor leaves those last events on its
+    byte range. Before a step on lane L runs, L waits on
+      (1) the writer of each tensor the step reads, when the writer ran on the other lane;
+      (2) the other lane's last event on every freed range the step writes over.
+    Events of L's own lane are implied by stream order. A freed range fully covered by a
+    new tenant is then dropped: anyone writing there later waits on that tenant, which
+    came after it. `lanes` does the recording and waiting (`CudaLanes`; tests pass a fake).
+    """
+
+    def __init__(self, lanes: Any):
+        self.lanes = lanes
+        self.written: dict[str, tuple[str, Any]] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self.where: dict[str, tuple[int, int]] = {}
+        self.freed: list[tuple[int, int, dict[str, Any]]] = []
+
+    def begin(self) -> None:
+        self.lanes.start()
+        self.written, self.last, self.where, self.freed = {}, {}, {}, []
+
+    def end(self) -> None:
+        self.lanes.finish()
+
+    def before(self, lane: str, reads: Sequence[str], writes: Sequence[tuple[str, torch.Tensor]]) -> None:
+        other = "copy" if lane == "compute" else "compute"
+        for t in reads:
+            writer = self.written.get(t)
+            if writer is not None and writer[0] != lane:
+                self.lanes.wait(lane, writer[1])
+        for name, view in writes:
+            lo = view.data_ptr()
+            hi = lo + view.numel() * view.element_size()
+            kept = []
+            for flo, fhi, events in self.freed:
+                if flo < hi and lo < fhi:
+                    if other in events:
+                        self.lanes.wait(lane, events[other])
+                    if lo <= flo and fhi <= hi:
+                        continue
+                kept.append((flo, fhi, events))
+            self.freed = kept
+            self.where[name] = (lo, hi)
+
+    def after(self, lane: str, reads: Sequence[str], writes: Sequence[tuple[str, torch.Tensor]]) -> None:
+        event = self.lanes.record(lane)
+        for t in reads:
+            self.last.setdefault(t, {})[lane] = event
+        for name, _ in writes:
+            self.written[name] = (lane, event)
+            self.last[name] = {lane: event}
+
+    def free(self, name: str) -> None:
+        lo, hi = self.where.pop(name)
+        self.freed.append((lo, hi, self.last.pop(name, {})))
+        self.written.pop(name, None)
+
+    def on(self, lane: str) -> Any:
+        return self.lanes.on(lane)
