@@ -148,13 +148,14 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
     _bounds.check_budget(problem)
     b = get_budgets()
     best, candidates = None, []
-    for name in registry.members(solver):
+    chosen = registry.members(solver, len(graph.ops))
+    for name in chosen:
         remaining = time_limit - (time.perf_counter() - t0)
         if remaining <= 0 and best is not None:
             candidates.append({"solver": name, "skipped": "time limit"})
             continue
         say(f"solving with {name}")
-        ordered = (name.startswith("minpeak") or name == "exact") and not fixed_order  # reuse the M_P order
+        ordered = (name.startswith("minpeak") or name in ("exact", "dnc")) and not fixed_order  # reuse the M_P order
         run = registry.solver(name, time_limit=max(remaining, 1.0), schedule=b.order if ordered else None)
         try:
             p = run(problem)
@@ -177,9 +178,18 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
         "budgets": {"M_R": b.m_r, "M_R_op": b.m_r_op, "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h,
                     "compulsory_bytes": b.compulsory},
         "candidates": candidates,
+        **({"auto": _auto_note(chosen, len(graph.ops))} if solver == "auto" else {}),
         "total_seconds": round(time.perf_counter() - t0, 4),
     }
     return best
+
+
+def _auto_note(chosen: tuple[str, ...], ops: int) -> str:
+    """Which solver `auto` picked for a graph of `ops` ops, and why."""
+    limit = registry.AUTO_EXACT_MAX_OPS
+    if "dnc" in chosen:
+        return f"dnc: {ops} ops > {limit} (dnc runs the four baselines itself)"
+    return f"exact: {ops} ops <= {limit}, with the four baselines"
 
 
 def _key(p: Plan) -> tuple[int, int, int]:

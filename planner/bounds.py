@@ -11,16 +11,14 @@ x -a-> y -b-> z with 1-byte x, 2-byte y, 4-byte z:
     step   a       b
     live   x,y=3   y,z=6        peak 6
 
-M_P is the least peak over all topological orders. `min_peak` finds it with a dynamic
-programme over the sets of ops already scheduled (Serenity, arXiv 2003.02369): the live
-bytes after a set do not depend on the order inside it, so the best peak to reach each
-set is all that must be kept. Sets are explored level by level (by size); when a level
-outgrows `beam` the best `beam` sets are kept and the result becomes an upper bound,
-labelled as such.
+M_P is the least peak over all topological orders. `min_peak` finds it with the
+hierarchical scheduler of `planner.schedule`: a dynamic programme over the sets of ops
+already scheduled (Serenity, arXiv 2003.02369) per segment between forced cuts, and
+exact re-ordering of windows where that explodes. When it cannot prove optimality the
+result is an upper bound, labelled as such.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from planner.errors import Infeasible
@@ -79,85 +77,21 @@ class MinPeak:
     exact: bool  # True: peak is M_P; False: an upper bound on M_P
     states: int  # sets of ops explored
     seconds: float
+    method: str = "dp"  # "dp" (one DP), "segments" (DP per forced segment), "windows" (windowed DP)
 
 
 def min_peak(problem: Problem, beam: int = 20_000, time_limit: float | None = 60.0) -> MinPeak:
-    """M_P and a schedule reaching it; exact unless a level outgrew `beam` or time ran out.
+    """M_P and a schedule reaching it; exact unless a DP outgrew `beam` or time ran out.
 
-    The graph's own order is the incumbent, so the result never exceeds its peak; sets
-    whose peak already reaches the incumbent's are pruned, and a search that then ends
-    with no full set proves the incumbent optimal.
+    The hierarchical scheduler of `planner.schedule`: forced cuts split the graph, each
+    segment gets the exact DP, and segments where it explodes are improved window by
+    window from the best of file order, reverse post-order and a greedy order, so the
+    result never exceeds any of their peaks.
     """
-    t0 = time.perf_counter()
-    g = problem.graph
-    ops = g.ops
-    index = {o.name: i for i, o in enumerate(ops)}
-    sizes = problem.sizes
-    # pred[i]: bitmask of ops producing i's inputs; succ[i]: ops reading i's outputs.
-    pred = [0] * len(ops)
-    succ: list[set[int]] = [set() for _ in ops]
-    for i, o in enumerate(ops):
-        for t in o.inputs:
-            p = g.tensors[t].producer
-            if p is not None:
-                pred[i] |= 1 << index[p]
-                succ[index[p]].add(i)
-    # consumers as bitmasks, for "all consumers done" tests.
-    cons = {n: sum(1 << index[c] for c in g.tensors[n].consumers) for n in sizes}
-    # Per op: bytes that become live when it runs (outputs, first-used inputs) and may die.
-    fresh_inputs = [[t for t in o.inputs if t in sizes and g.tensors[t].producer is None] for o in ops]
-    outs = [[t for t in o.outputs if t in sizes] for o in ops]
-    ins = [[t for t in o.inputs if t in sizes] for o in ops]
+    from planner import schedule  # a planner module: no solver import (DESIGN §2)
 
-    file_order = [o.name for o in ops]
-    best_peak, best_order = peak_bytes(problem, file_order), file_order
-    exact, states = True, 0
-
-    # level: mask -> (peak, live, ready ops); parents[k]: mask -> (parent mask, op index)
-    level: dict[int, tuple[Bytes, Bytes, tuple[int, ...]]] = {0: (0, 0, tuple(i for i in range(len(ops)) if pred[i] == 0))}
-    parents: list[dict[int, tuple[int, int]]] = []
-    for _ in range(len(ops)):
-        nxt: dict[int, tuple[Bytes, Bytes, tuple[int, ...]]] = {}
-        back: dict[int, tuple[int, int]] = {}
-        for mask, (pk, live, ready) in level.items():
-            for i in ready:
-                bit = 1 << i
-                done = mask | bit
-                new = sum(sizes[t] for t in fresh_inputs[i] if not cons[t] & mask) + sum(sizes[t] for t in outs[i])
-                during = live + new
-                p = max(pk, during)
-                if p >= best_peak:  # cannot beat the incumbent (pruning)
-                    continue
-                old = nxt.get(done)
-                if old is not None and old[0] <= p:
-                    continue
-                dead = sum(sizes[t] for t in ins[i] + outs[i] if cons[t] & ~done == 0)
-                rdy = tuple(j for j in ready if j != i) + tuple(
-                    j for j in succ[i] if pred[j] & ~done == 0 and not (1 << j) & done)
-                nxt[done] = (p, during - dead, rdy)
-                back[done] = (mask, i)
-        states += len(nxt)
-        if len(nxt) > beam:
-            exact = False
-            keep = sorted(nxt, key=lambda m: (nxt[m][0], nxt[m][1]))[:beam]
-            nxt = {m: nxt[m] for m in keep}
-        if time_limit is not None and time.perf_counter() - t0 > time_limit:
-            exact = False
-            keep = sorted(nxt, key=lambda m: (nxt[m][0], nxt[m][1]))[:1]
-            nxt = {m: nxt[m] for m in keep}
-            beam = 1
-        parents.append(back)
-        level = nxt
-        if not level:
-            break
-    if level:  # every op scheduled: one full set remains, strictly better than the incumbent
-        (mask, (pk, _, _)), = level.items()
-        order = []
-        for back in reversed(parents):
-            mask, i = back[mask]
-            order.append(ops[i].name)
-        best_peak, best_order = pk, order[::-1]
-    return MinPeak(best_peak, best_order, exact, states, time.perf_counter() - t0)
+    r = schedule.min_peak(problem, beam=beam, time_limit=time_limit)
+    return MinPeak(r.peak, r.order, r.exact, r.states, r.seconds, r.method)
 
 
 @dataclass

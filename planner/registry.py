@@ -25,14 +25,20 @@ SOLVERS: dict[str, tuple[str, dict[str, Any], str]] = {
                        "COSMA baseline: min-peak order (DP), locally cheapest evictions, TFLite offsets"),
     "exact": ("solvers.exact", {},
               "order + replacement MIP (HiGHS) with exact offsets; optimal or feasible with a proven gap"),
+    "dnc": ("solvers.dnc", {"workers": 2},
+            "divide and conquer for large graphs: min-peak order cut into segments, each solved exactly, stitched"),
 }
 PORTFOLIOS: dict[str, tuple[str, ...]] = {
     "baseline": ("file-belady", "file-greedy", "minpeak-belady", "minpeak-greedy"),
     "auto": ("file-belady", "file-greedy", "minpeak-belady", "minpeak-greedy", "exact"),
 }
+# `auto` runs the exact solver up to this many ops and dnc beyond (which computes the four
+# baselines itself, so on large graphs they are not run again as separate candidates).
+AUTO_EXACT_MAX_OPS = 200
 PORTFOLIO_HELP = {
     "baseline": "the best of COSMA's four baselines",
-    "auto": "portfolio: the four baselines, then the exact solver warm-started from them; the best plan wins",
+    "auto": f"portfolio: the four baselines, then the exact solver warm-started from them (up to "
+            f"{AUTO_EXACT_MAX_OPS} ops) or dnc (larger graphs, baselines inside); the best plan wins",
 }
 
 
@@ -47,8 +53,11 @@ def solver(name: str, **overrides: Any) -> Callable[[Problem], Plan]:
     return lambda problem: module.solve(problem, params)
 
 
-def members(name: str) -> tuple[str, ...]:
-    """The solvers a name stands for: a portfolio's members, or the solver itself."""
+def members(name: str, ops: int | None = None) -> tuple[str, ...]:
+    """The solvers a name stands for: a portfolio's members, or the solver itself. For
+    `auto` on a graph of more than AUTO_EXACT_MAX_OPS `ops`: dnc alone."""
+    if name == "auto" and ops is not None and ops > AUTO_EXACT_MAX_OPS:
+        return ("dnc",)
     if name in PORTFOLIOS:
         return PORTFOLIOS[name]
     if name in SOLVERS:

@@ -91,3 +91,66 @@ class RandWire(nn.Module):
 @seeded
 def randwire_ws() -> nn.Module:
     return calibrate_bn(RandWire())
+
+
+def randwire_onnx(ops: int = 5000, *, stages: int = 3, channels: int = 16, resolution: int = 28, k: int = 4,
+                  p: float = 0.75, seed: int = 0):
+    """A large randomly wired network as an ONNX model, for planning at scale (issue 6).
+
+    `stages` WS(N, k, p) stages in a row, N chosen so the lowered graph has about `ops`
+    ops. A node sums its inputs (ONNX Sum, when it has several), then runs a 3x3
+    depthwise conv and a 1x1 conv with ReLU (fused into the conv when lowered): 2-3 ops
+    per node. Sources read the stage input, and the stage output is the Sum of the sinks.
+    Every tensor is `channels` x `resolution` x `resolution` floats; weights are random.
+    Built with onnx.helper, so thousands of nodes take a second, not a torch export.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    n = max(k + 1, round(ops / stages / 2.6))
+    c, r = channels, resolution
+    nodes, inits = [], []
+
+    def weight(name: str, shape: tuple[int, ...]) -> str:
+        inits.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name))
+        return name
+
+    x = "input"
+    for s in range(stages):
+        outs: list[str] = []
+        preds = ws_dag(n, k, p, seed=seed * 1000 + s)
+        for v, ps in enumerate(preds):
+            tag = f"s{s}n{v}"
+            src = [outs[u] for u in ps] if ps else [x]
+            if len(src) > 1:
+                nodes.append(helper.make_node("Sum", src, [f"{tag}_sum"], name=f"{tag}_sum"))
+                src = [f"{tag}_sum"]
+            nodes.append(helper.make_node("Conv", [src[0], weight(f"{tag}_wdw", (c, 1, 3, 3))], [f"{tag}_dw"],
+                                          name=f"{tag}_dw", group=c, pads=[1, 1, 1, 1]))
+            nodes.append(helper.make_node("Conv", [f"{tag}_dw", weight(f"{tag}_wpw", (c, c, 1, 1))], [f"{tag}_pw"],
+                                          name=f"{tag}_pw"))
+            nodes.append(helper.make_node("Relu", [f"{tag}_pw"], [f"{tag}_out"], name=f"{tag}_relu"))
+            outs.append(f"{tag}_out")
+        sinks = [outs[v] for v in range(n) if not any(v in ps for ps in preds)]
+        x = f"s{s}_out" if len(sinks) > 1 else sinks[0]
+        if len(sinks) > 1:
+            nodes.append(helper.make_node("Sum", sinks, [x], name=f"s{s}_sum"))
+    graph = helper.make_graph(nodes, f"randwire_{ops}", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                      [1, c, r, r])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, c, r, r])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+if __name__ == "__main__":  # python -m models.nas.randwire --ops 5000 -o randwire5k.onnx
+    import argparse
+
+    import onnx
+
+    ap = argparse.ArgumentParser(description="write a large random-wired network (WS graphs) as ONNX")
+    ap.add_argument("--ops", type=int, default=5000, help="about this many ops once lowered (default 5000)")
+    ap.add_argument("--seed", type=int, default=0, help="graph and weight seed (default 0)")
+    ap.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    a = ap.parse_args()
+    onnx.save(randwire_onnx(a.ops, seed=a.seed), a.output)
+    print(f"wrote {a.output}")

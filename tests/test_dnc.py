@@ -1,0 +1,64 @@
+"""Divide and conquer (solvers.dnc): valid plans on random DAGs of a few hundred ops, never
+worse than the best baseline, equal to the exact solver on small graphs, and the same
+plan sequentially and in parallel."""
+from hypothesis import HealthCheck, given, settings
+
+from benchmarks.scaling import layered_dag
+from planner import bounds, registry
+from planner.ir import Target
+from planner.problem import Problem
+from runtime.simulator import simulate
+from solvers import baselines, dnc, exact
+from tests.graphs import random_dags
+
+T = Target("t", capacity=10**9, alignment=64, element_bytes=1)
+
+
+def at_budget(g, name: str) -> Problem:
+    b = bounds.budgets(Problem(g, T), time_limit=10)
+    return Problem(g, T.with_capacity(b.get(name))), b.order
+
+
+def best_baseline(pr: Problem, order: list[str]) -> int:
+    costs = []
+    for sched in (None, order):
+        for rep in ("belady", "greedy"):
+            p = baselines.solve(pr, baselines.Params(replacement=rep, schedule=sched))
+            costs.append(simulate(p, pr.graph, pr.target).metrics.noncompulsory_bytes)
+    return min(costs)
+
+
+def test_valid_and_no_worse_than_baselines_on_a_few_hundred_ops():
+    for seed, budget, n in ((0, "M_R", 200), (1, "M_H", 160)):
+        g = layered_dag(n, seed)
+        pr, order = at_budget(g, budget)
+        p = dnc.solve(pr, dnc.Params(schedule=order, segment_ops=30, time_limit=60, segment_time_limit=2))
+        m = simulate(p, g, pr.target).metrics  # raises on any broken rule
+        assert m.noncompulsory_bytes == p.solver.objective
+        assert m.noncompulsory_bytes <= best_baseline(pr, order)
+        assert p.solver.status in ("optimal", "feasible")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(random_dags(max_ops=8, alignment=64))
+def test_small_graphs_equal_exact(g):
+    pr, order = at_budget(g, "M_R")
+    d = dnc.solve(pr, dnc.Params(schedule=order, time_limit=30))
+    e = exact.solve(pr, exact.Params(schedule=order, time_limit=30))
+    assert d.solver.objective == e.solver.objective
+    assert simulate(d, g, pr.target).metrics.noncompulsory_bytes == d.solver.objective
+
+
+def test_parallel_and_sequential_plans_are_identical():
+    g = layered_dag(100, 3)
+    pr, order = at_budget(g, "M_R")
+    plans = [dnc.solve(pr, dnc.Params(schedule=order, segment_ops=25, workers=w, time_limit=None,
+                                      segment_time_limit=30)) for w in (1, 2)]
+    assert [s.to_json() for s in plans[0].steps] == [s.to_json() for s in plans[1].steps]
+    simulate(plans[0], g, pr.target)
+
+
+def test_auto_picks_dnc_on_large_graphs():
+    assert registry.members("auto", registry.AUTO_EXACT_MAX_OPS + 1) == ("dnc",)
+    assert "exact" in registry.members("auto", registry.AUTO_EXACT_MAX_OPS)
+    assert registry.members("dnc") == ("dnc",)
