@@ -29,12 +29,13 @@ def noncompulsory(p, pr) -> int:
     return simulate(p, pr.graph, pr.target).metrics.noncompulsory_bytes
 
 
-def brute_force(pr: Problem) -> int:
+def brute_force(pr: Problem) -> float:
     """Least non-compulsory bytes over every order, residency and offset, by Dijkstra over
     (ops done, resident tensors with their offsets, tensors with a slow copy). Loads happen
     just before the op that reads them (an earlier load only holds its bytes longer); dead
-    tensors are freed; a live activation is freed only with a slow copy. Shares nothing
-    with the solver."""
+    tensors are freed; a live activation is freed only with a slow copy, unless
+    pr.allow_recompute: then it may be lost, and a done op whose outputs are all away may
+    run again (recompute_weight per FLOP). Shares nothing with the solver."""
     g, size, cap, al = pr.graph, pr.sizes, pr.capacity, pr.target.alignment
     names = [o.name for o in g.ops]
     slow0 = frozenset(t for t in size if g.tensors[t].kind in ("input", "weight"))
@@ -64,7 +65,10 @@ def brute_force(pr: Problem) -> int:
             return cost - compulsory
         where = dict(res)
         for o in g.ops:
-            if o.name in done or any(g.tensors[t].producer not in done | {None} for t in o.inputs):
+            again = o.name in done
+            if again and (not pr.allow_recompute or any(t in where for t in o.outputs)):
+                continue
+            if any(g.tensors[t].producer not in done | {None} for t in o.inputs):
                 continue
             need = [t for t in o.inputs if t in size]
             missing = [t for t in need if t not in where]
@@ -75,14 +79,15 @@ def brute_force(pr: Problem) -> int:
             after = done | {o.name}
             for placed in placements(missing + outs, busy):
                 res2 = {**where, **placed}
-                c2 = cost + sum(size[t] for t in missing)
+                c2 = cost + sum(size[t] for t in missing) + (pr.recompute_weight * o.flops if again else 0)
                 must = [t for t in outs if g.tensors[t].kind == "output"]
                 may = [t for t in outs if g.tensors[t].kind == "activation"]
+                must = [t for t in must if t not in slow]  # a recomputed output is stored already
                 for stored in itertools.product((False, True), repeat=len(may)):
                     slow2 = slow | set(must) | {t for t, s in zip(may, stored) if s}
                     c3 = c2 + sum(size[t] for t in must) + sum(size[t] for t, s in zip(may, stored) if s)
                     live = {t for t in res2 if any(c not in after for c in g.tensors[t].consumers)}
-                    optional = [t for t in live if t in slow2]
+                    optional = [t for t in live if t in slow2 or pr.allow_recompute]
                     for drop in itertools.product((False, True), repeat=len(optional)):
                         gone = {t for t, d in zip(optional, drop) if d}
                         keep = frozenset((t, off) for t, off in res2.items() if t in live and t not in gone)
@@ -207,6 +212,21 @@ def test_warm_start_is_a_feasible_point_of_the_model(graph, extra, replacement):
         assert f.model.objective(x) * f.obj_unit <= noncompulsory(base, pr)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pressured_dags(), st.integers(0, 2), st.booleans())
+def test_spine_relaxation_bounds_every_order(graph, extra, redo):
+    # each chain's relaxation, solved to optimality, is at most the brute-force optimum
+    from solvers.exact import backends, stages
+
+    r, _, p_ = budgets(graph)
+    pr = problem(graph, min(r + extra, p_), allow_recompute=redo, recompute_weight=0.01)
+    best = brute_force(pr)
+    for chain in stages.spines(pr):
+        rel = stages.Relaxation(pr, chain)
+        res = backends.solve(rel.model, "highs", 30, 1, None)
+        assert res.status == "optimal" and res.bound * rel.unit <= best + 1e-9
+
+
 def test_fixed_order_is_kept_and_optimal_for_it():
     # file order computes the big u early and holds it across b; the free order need not
     g = build([("a", ["x"], ["y"]), ("c", ["x"], ["u"]), ("b", ["y"], ["z"]), ("d", ["z", "u"], ["o"])],
@@ -225,6 +245,45 @@ def test_tiny_time_limit_gives_a_truthful_feasible_plan():
     assert p.solver.status == "feasible" and p.solver.objective == cost > 0  # never "infeasible"
     assert p.solver.bound <= brute_force(pr) <= cost
     assert p.solver.gap == pytest.approx((cost - p.solver.bound) / cost)
+
+
+def recompute_graph():
+    """x -a-> y -b-> z -c-> w, and d reads y, w and x. With 2, 10, 20, 10, 2 bytes at
+    capacity 30, b holds y and z (x leaves) and c holds z and w (y leaves). d reloads x
+    anyway, so y can come back by re-running a (1,000 FLOPs) instead of a store and a load."""
+    rows = [("a", ["x"], ["y"]), ("b", ["y"], ["z"]), ("c", ["z"], ["w"]), ("d", ["y", "w", "x"], ["o"])]
+    return build(rows, {"x": 2, "y": 10, "z": 20, "w": 10, "o": 2})
+
+
+def test_recompute_is_cheaper_than_a_spill_here():
+    # without: reload x (2) + store and reload y (20); with: reload x + 0.005 * 1000 = 7
+    g = recompute_graph()
+    off, on = problem(g, 30), problem(g, 30, allow_recompute=True, recompute_weight=0.005)
+    p, q = exact.solve(off), exact.solve(on)
+    assert (p.solver.status, p.solver.objective) == ("optimal", 22) and brute_force(off) == 22
+    assert (q.solver.status, q.solver.objective) == ("optimal", 7) and brute_force(on) == 7
+    m = simulate(q, on.graph, on.target).metrics
+    assert (m.noncompulsory_bytes, m.recomputed_ops) == (2, 1)
+    # too dear a recompute (0.05 per FLOP = 50 B) is not taken
+    dear = exact.solve(problem(g, 30, allow_recompute=True, recompute_weight=0.05))
+    assert (dear.solver.status, dear.solver.objective) == ("optimal", 22)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pressured_dags(), st.integers(0, 2), st.sampled_from([0.0, 0.002, 0.02]))
+def test_recompute_never_worse_and_truthful(graph, extra, weight):
+    r, _, p_ = budgets(graph)
+    off = problem(graph, min(r + extra, p_))
+    on = problem(graph, off.capacity, allow_recompute=True, recompute_weight=weight)
+    p, q = exact.solve(off, exact.Params(time_limit=30)), exact.solve(on, exact.Params(time_limit=30))
+    m = simulate(q, on.graph, on.target).metrics  # the recomputing plan replays
+    flops = sum(graph.op(s.op).flops for i, s in enumerate(q.steps) if s.kind == "compute"
+                and any(t.kind == "compute" and t.op == s.op for t in q.steps[:i]))
+    assert q.solver.objective == pytest.approx(m.noncompulsory_bytes + weight * flops)
+    assert q.solver.objective <= p.solver.objective
+    best = brute_force(on)
+    assert q.solver.bound <= best + 1e-9 <= q.solver.objective + 1e-9
+    assert (q.solver.status == "optimal") == (q.solver.bound == q.solver.objective)
 
 
 def test_below_m_r_is_infeasible():

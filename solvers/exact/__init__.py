@@ -11,15 +11,21 @@ Three models, run in this order until the best plan meets a bound (COSMA, arXiv
    residencies are then packed (greedy by size, then the exact allocator) and a pattern
    that provably does not fit is cut off and the programme solved again (logic-based
    Benders, Hooker & Ottosson). Where the graph admits one order only, this is the answer.
-2. Over all orders, a lower bound from the relative-order relaxation (`orders.py`):
-   only which op runs before which, and what is resident during each op.
+2. Over all orders, lower bounds from the spine relaxation (`stages.py`: a chain of ops
+   every order runs in sequence, the other ops placed in the gaps between them, memory
+   checked at the chain's ops; one chain per graph input) and from the relative-order
+   relaxation (`orders.py`: only which op runs before which, and what is resident
+   during each op). The spine solution's order is planned by (1) as well.
 3. The joint model, (1) with x[o, s] placing each op inside its ASAP/ALAP window,
    warm-started from the best plan, for the time left, when it is small enough to help.
 
 Every candidate is replayed by the simulator; COSMA's four baselines are candidates too,
 so the answer never has more traffic than the best of them. Back ends: HiGHS (default),
-CBC, CP-SAT (`backends.py`). Recomputation is not modelled: with `allow_recompute` the
-plans never recompute and the bound is 0.
+CBC, CP-SAT (`backends.py`). With `allow_recompute` the objective is non-compulsory bytes
+plus `recompute_weight` per recomputed FLOP: the fixed-order model may bring an activation
+back by re-running its producer (its inputs resident at that step), and the bounds charge
+each come-back the lesser of a load and a recompute; the relative-order and joint models,
+which charge stores, are not used then.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from planner.bounds import check_budget, min_peak
 from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
 from solvers import baselines
-from solvers.exact import backends, decode, orders as order_model
+from solvers.exact import backends, decode, orders as order_model, stages
 from solvers.exact.model import Flags, build, windows
 
 __all__ = ["Params", "solve"]
@@ -53,6 +59,8 @@ class Params:
     strong_precedence: bool = True
     # Cuts: a live tensor is resident unless spilled, and a spill costs a reload (and a store).
     liveness_cuts: bool = True
+    # Bound over orders from the spine relaxation (solvers.exact.stages), and its order as a candidate.
+    spine_bound: bool = True
     # Bound over orders from the relative-order relaxation (solvers.exact.orders).
     order_bound: bool = True
     # Triangle rows of the relative-order relaxation, added where its solution has a cycle.
@@ -105,25 +113,31 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     for order in orders:  # COSMA's baselines on each candidate order
         for replacement in ("belady", "greedy"):
             p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
-            best.offer(p, _noncompulsory(problem, p), f"baseline {replacement}")
+            best.offer(p, _cost(problem, p), f"baseline {replacement}")
     bound = 0.0
     if best.cost > 0:
         # Stage 1: the replacement problem, exactly, on each candidate order. Where the
         # graph leaves one order only (or the order is fixed), its bound is the answer's.
         win = windows(problem, True)
         forced = problem.fixed_order or all(lo == hi for lo, hi in win.values())
+        redo = "plan" if problem.allow_recompute else ""
         for i, order in enumerate(orders):
-            f = build(problem, flags, order)
+            f = build(problem, flags, order, recompute=redo)
             lb = _rounds(f, problem, params, best, deadline, f"order {i}", _hint(f, problem, order, params))
-            if forced:
-                bound = max(bound, lb)
+            if forced:  # with recompute, that model restricts it: the bound comes from its relaxation
+                bound = max(bound, _relaxed_bound(problem, params, flags, order, deadline) if redo else lb)
         # The joint model's size: one column per op and step of its window, per tensor and
         # step it may be resident. Past `joint_max_columns` its LP does not solve in time.
         size = sum(hi - lo + 1 for lo, hi in win.values() if hi > lo) + sum(
             max(win[o][1] for o in uses) - min(win[o][0] for o in uses) + 1 for uses in _uses(problem))
-        joint = params.joint and not forced and size <= params.joint_max_columns
-        # Stage 2: a bound over all orders from the relative-order relaxation.
-        if not forced and params.order_bound and best.cost > bound:
+        joint = params.joint and not forced and size <= params.joint_max_columns and not redo
+        # Stage 2: bounds over all orders, the spine relaxation first (small, and its
+        # solution suggests an order), then the relative-order relaxation.
+        if not forced and params.spine_bound and best.cost > bound:
+            now = time.perf_counter()
+            share = now + (deadline - now) * (0.85 if params.order_bound or joint else 1.0)
+            bound = max(bound, _spine_bound(problem, params, flags, best, share, orders[0]))
+        if not forced and params.order_bound and best.cost > bound and not redo:
             now = time.perf_counter()
             share = now + (deadline - now) / 2 if joint else deadline
             bound = max(bound, _order_bound(problem, params, best.cost, share))
@@ -133,11 +147,8 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             hint = _encode(f, problem, best.plan, params)
             bound = max(bound, _rounds(f, problem, params, best, deadline, "joint", hint))
         elif not forced and not joint:
-            params.log.append(f"joint model skipped: about {size} columns")
+            params.log.append(f"joint model skipped: {'recompute allowed' if redo else f'about {size} columns'}")
     cost = best.cost
-    if problem.allow_recompute:  # plans here never recompute, and the models' bounds ignore it
-        params.log.append("recompute is not modelled: plans without it, bound 0")
-        bound = 0.0
     bound = min(bound, cost)
     status = "optimal" if cost <= bound else "feasible"
     gap = 0.0 if cost == 0 else (cost - bound) / cost
@@ -153,7 +164,7 @@ class _Best:
     cost: float
     source: str = ""
 
-    def offer(self, plan: Plan, cost: int, source: str) -> None:
+    def offer(self, plan: Plan, cost: float, source: str) -> None:
         if cost < self.cost:
             self.plan, self.cost, self.source = plan, cost, source
 
@@ -174,7 +185,7 @@ def _hint(f, problem: Problem, order: list[str], params: Params) -> list[int] | 
     best = _Best(None, math.inf)
     for replacement in ("belady", "greedy"):
         p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
-        best.offer(p, _noncompulsory(problem, p), replacement)
+        best.offer(p, _cost(problem, p), replacement)
     return _encode(f, problem, best.plan, params)
 
 
@@ -211,7 +222,7 @@ def _rounds(f, problem: Problem, params: Params, best: _Best, deadline: float, l
         if fit == decode.FITS:
             at = dict(zip(_runs(sol), offsets))  # type: ignore[arg-type]
             plan = Plan.build(problem, decode.steps_of(problem, sol, at), SolverInfo("exact", "feasible"))
-            best.offer(plan, _noncompulsory(problem, plan), label)
+            best.offer(plan, _cost(problem, plan), label)
             break  # optimal for this model, or the back end stopped on time
         if fit == decode.UNKNOWN:
             params.log.append(f"{label}: packing timed out, no valid cut; stopping")
@@ -245,6 +256,32 @@ def _order_bound(problem: Problem, params: Params, target: float, deadline: floa
     return bound
 
 
+def _spine_bound(problem: Problem, params: Params, flags: Flags, best: _Best, deadline: float,
+                 tie: list[str]) -> float:
+    """The best bound in bytes of the spine relaxation over its chains (each gets an equal
+    share of the time); the order each solution suggests is planned by the fixed-order model."""
+    chains = stages.spines(problem)
+    bound = 0.0
+    for i, chain in enumerate(chains):
+        now = time.perf_counter()  # the heaviest chain, first, gets most of the time
+        until = now + (deadline - now) * (0.8 if i == 0 and len(chains) > 1 else 1 / (len(chains) - i))
+        if until - now <= 3.0 or best.cost <= bound:
+            break
+        rel = stages.Relaxation(problem, chain)
+        enough = math.ceil(best.cost / rel.unit) - 1 + 1e-3  # the objective is integral: beyond this, proven
+        res = backends.solve(rel.model, params.backend, until - now - 1.0, params.threads, None,
+                             isolate=len(rel.model.lb) > 2000, stop_at=enough)
+        params.log.append(f"spine {i} ({len(chain)} ops) : {res.status}, objective {res.objective}, bound "
+                          f"{res.bound}, {res.seconds:.2f} s, {len(rel.model.lb)} columns, {len(rel.model.row_lo)} rows")
+        if res.bound > -math.inf:
+            bound = max(bound, math.ceil(res.bound - 1e-6) * rel.unit)
+        if res.x is not None and best.cost > bound:
+            order = rel.order_of(res.x, tie)
+            f = build(problem, flags, order, recompute="plan" if problem.allow_recompute else "")
+            _rounds(f, problem, params, best, deadline, f"spine {i} order", _hint(f, problem, order, params))
+    return bound
+
+
 def _uses(problem: Problem) -> list[list[str]]:
     """Per tracked tensor with a use, the ops that need it resident."""
     g = problem.graph
@@ -261,7 +298,27 @@ def _runs(sol: decode.Solution):
     return [(t, lo) for t, rs in sol.runs.items() for lo, _ in rs]
 
 
-def _noncompulsory(problem: Problem, plan: Plan) -> int:
+def _relaxed_bound(problem: Problem, params: Params, flags: Flags, order: list[str], deadline: float) -> float:
+    """A bound in bytes on every plan of `order` when recompute is allowed (the "relax" model)."""
+    f = build(problem, flags, order, recompute="relax")
+    res = backends.solve(f.model, params.backend, max(deadline - time.perf_counter(), 0.05), params.threads, None)
+    params.log.append(f"relaxed recompute model: {res.status}, bound {res.bound}, {res.seconds:.2f} s")
+    return max(0.0, math.ceil(res.bound - 1e-6) * f.obj_unit) if res.bound > -math.inf else 0.0
+
+
+def _cost(problem: Problem, plan: Plan) -> float:
+    """The objective: non-compulsory bytes, plus recompute_weight per recomputed FLOP."""
     from runtime.simulator import simulate
 
-    return simulate(plan, problem.graph, problem.target, check_metrics=False).metrics.noncompulsory_bytes
+    m = simulate(plan, problem.graph, problem.target, check_metrics=False).metrics
+    if not problem.allow_recompute:
+        return m.noncompulsory_bytes
+    g = problem.graph
+    seen: set[str] = set()
+    flops = 0
+    for s in plan.steps:
+        if s.kind == "compute":
+            if s.op in seen:
+                flops += g.op(s.op).flops
+            seen.add(s.op)
+    return m.noncompulsory_bytes + problem.recompute_weight * flops

@@ -80,14 +80,18 @@ class Result:
 
 
 def solve(model: Model, backend: str, time_limit: float, threads: int, hint: list[int] | None,
-          dump: str | None = None, bound_only: bool = False, isolate: bool = False) -> Result:
+          dump: str | None = None, bound_only: bool = False, isolate: bool = False,
+          stop_at: float | None = None) -> Result:
     """Solves `model`; `bound_only` spends no effort on primal heuristics (HiGHS), for
-    models solved for their bound; `isolate` runs the solve in a child process that is
+    models solved for their bound; `stop_at` ends a HiGHS solve once its bound reaches it
+    (a relaxation needs to prove no more than the best plan's cost); `isolate` runs the solve in a child process that is
     killed at the time limit (HiGHS's root cut loop can overrun its own limit by minutes)."""
     t0 = time.perf_counter()
     if backend not in ("highs", "cbc", "cpsat"):
         raise ValueError(f"unknown backend {backend!r}; choose highs, cbc or cpsat")
-    args = (backend, model, max(time_limit, 0.05), threads, hint, dump, bound_only)
+    if not model.lb:  # nothing to decide (HiGHS reports no solution for an empty model)
+        return Result(OPTIMAL, [], model.offset, model.offset, time.perf_counter() - t0)
+    args = (backend, model, max(time_limit, 0.05), threads, hint, dump, bound_only, stop_at)
     # OR-Tools and highspy each bundle HiGHS, and one process cannot load both: the one
     # that would clash runs in a fresh child process.
     clash = "ortools" if backend != "cpsat" else "highspy"
@@ -138,19 +142,21 @@ def _child(src: str, dst: str) -> None:
     Path(dst).write_bytes(pickle.dumps(out))
 
 
-def _run(backend: str, model: Model, time_limit: float, threads: int, hint, dump, bound_only: bool):
+def _run(backend: str, model: Model, time_limit: float, threads: int, hint, dump, bound_only: bool,
+         stop_at: float | None = None):
     if backend == "highs":
-        return _highs(model, time_limit, threads, hint, dump, bound_only)
+        return _highs(model, time_limit, threads, hint, dump, bound_only, stop_at)
     return {"cbc": _cbc, "cpsat": _cpsat}[backend](model, time_limit, threads, hint, dump)
 
 
-def _highs(model: Model, time_limit: float, threads: int, hint, dump, bound_only: bool = False):
+def _highs(model: Model, time_limit: float, threads: int, hint, dump, bound_only: bool = False,
+           stop_at: float | None = None):
     import highspy
 
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit))
-    _interrupt_at(h, time.perf_counter() + time_limit)
+    _interrupt_at(h, time.perf_counter() + time_limit, stop_at)
     h.setOptionValue("threads", int(threads))
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("mip_abs_gap", 0.999)  # the objective is integral
@@ -262,13 +268,17 @@ def _lp_bound(model: Model, time_limit: float = 30.0) -> float:
     return h.getInfo().objective_function_value - 1e-6
 
 
-def _interrupt_at(h, deadline: float) -> None:
+def _interrupt_at(h, deadline: float, stop_at: float | None = None) -> None:
     """HiGHS checks its time limit only between phases; a callback in the simplex, IPM and
-    branch-and-bound loops stops a long root LP at the deadline too."""
+    branch-and-bound loops stops a long root LP at the deadline too, and branch and bound
+    once its dual bound reaches `stop_at`."""
     import highspy
 
-    def stop(_type, _message, _out, data_in, _user):
+    def stop(kind, _message, out, data_in, _user):
         if time.perf_counter() > deadline:
+            data_in.user_interrupt = True
+        elif (stop_at is not None and kind == highspy.cb.HighsCallbackType.kCallbackMipInterrupt
+              and out.mip_dual_bound >= stop_at - 1e-6):
             data_in.user_interrupt = True
 
     h.setCallback(stop, None)

@@ -24,6 +24,7 @@ class Solution:
     order: list[str]  # op at each compute step
     runs: dict[str, list[tuple[int, int]]]  # tensor -> its residencies, [first, last] steps
     stored: set[str]  # activations stored to slow memory right after their compute
+    redone: set[tuple[str, int]]  # (tensor, step): a run that starts by recomputing its producer
 
 
 def read(f: Formulation, problem: Problem, x: list[int]) -> Solution:
@@ -37,13 +38,15 @@ def read(f: Formulation, problem: Problem, x: list[int]) -> Solution:
         for s in range(lo, hi + 1):
             if not x[f.r[t, s]]:
                 continue
-            if cur and cur[-1][1] == s - 1 and not ((t, s) in f.l and x[f.l[t, s]]):
+            again = ((t, s) in f.l and x[f.l[t, s]]) or ((t, s) in f.rc and x[f.rc[t, s]])
+            if cur and cur[-1][1] == s - 1 and not again:
                 cur[-1] = (cur[-1][0], s)
             else:
                 cur.append((s, s))
         runs[t] = cur
     stored = {t for t, i in f.st.items() if x[i]}
-    return Solution(order, runs, stored)  # type: ignore[arg-type]
+    redone = {(t, lo) for t, rs in runs.items() for lo, _ in rs if (t, lo) in f.rc and x[f.rc[t, lo]]}
+    return Solution(order, runs, stored, redone)  # type: ignore[arg-type]
 
 
 def encode(f: Formulation, problem: Problem, steps: list[Step]) -> list[int]:
@@ -160,26 +163,32 @@ def cut(f: Formulation, sol: Solution, lo: int, hi: int, name: str) -> None:
         for a, b in rs:
             for s in range(max(a, lo), min(b, hi - 1) + 1):
                 keep.append(f.r[t, s])
-                if s > max(a, lo) and (t, s) in f.l:
-                    split.append(f.l[t, s])
+                if s > max(a, lo):
+                    split += [v[t, s] for v in (f.l, f.rc) if (t, s) in v]
     f.model.row(name, {**{i: 1 for i in keep}, **{i: -1 for i in split}}, hi=len(keep) - 1)
 
 
 def steps_of(problem: Problem, sol: Solution, offsets: dict[tuple[str, int], int]) -> list[Step]:
-    """The plan's steps: per compute step, its loads, the compute, stores, then frees."""
+    """The plan's steps: per compute step, its loads, its recomputes (in graph order, so a
+    recomputed input comes first), the compute, stores, then frees."""
     g = problem.graph
+    rank = {o.name: i for i, o in enumerate(g.ops)}
     starts: dict[int, list[str]] = {}
     ends: dict[int, list[str]] = {}
     for t, rs in sol.runs.items():
         for lo, hi in rs:
             starts.setdefault(lo, []).append(t)
             ends.setdefault(hi, []).append(t)
-    reloaded = {t for t, rs in sol.runs.items() if any(g.tensors[t].producer != sol.order[lo] for lo, _ in rs)}
+    reloaded = {t for t, rs in sol.runs.items()
+                if any(g.tensors[t].producer != sol.order[lo] and (t, lo) not in sol.redone for lo, _ in rs)}
     steps: list[Step] = []
     for s, o in enumerate(sol.order):
         op = g.op(o)
         outs = [t for t in op.outputs if t in problem.sizes]
-        steps += [Step("load", tensor=t, offset=offsets[t, s]) for t in starts.get(s, []) if t not in outs]
+        steps += [Step("load", tensor=t, offset=offsets[t, s]) for t in starts.get(s, [])
+                  if t not in outs and (t, s) not in sol.redone]
+        redo = sorted((t for t in starts.get(s, []) if (t, s) in sol.redone), key=lambda t: rank[g.tensors[t].producer])
+        steps += [Step("compute", op=g.tensors[t].producer, offsets={t: offsets[t, s]}) for t in redo]
         steps.append(Step("compute", op=o, offsets={t: offsets[t, s] for t in outs}))
         for t in outs:
             if g.tensors[t].kind == "output" or (t in sol.stored and t in reloaded):

@@ -17,6 +17,7 @@ cut when they do not fit), so its optimum is a lower bound on the true one.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from planner.problem import Problem, align_up
@@ -44,6 +45,7 @@ class Formulation:
     l: dict[tuple[str, int], int] = field(default_factory=dict)
     st: dict[str, int] = field(default_factory=dict)
     z: dict[str, int] = field(default_factory=dict)  # tensor -> column
+    rc: dict[tuple[str, int], int] = field(default_factory=dict)  # (tensor, step) -> column
     cap_unit: int = 1  # bytes per capacity-row unit
     obj_unit: int = 1  # bytes per objective unit
 
@@ -94,13 +96,21 @@ def windows(problem: Problem, enabled: bool, order: list[str] | None = None) -> 
     return {o.name: (bin(anc[i]).count("1"), n - 1 - desc[i]) for i, o in enumerate(ops)}
 
 
-def build(problem: Problem, flags: Flags, order: list[str] | None = None) -> Formulation:
+def build(problem: Problem, flags: Flags, order: list[str] | None = None,
+          window: dict[str, tuple[int, int]] | None = None, recompute: str = "") -> Formulation:
     """Variables, then the constraints rule by rule, then the objective (non-compulsory
-    bytes). With `order`, the ops run in that order (the replacement problem alone)."""
+    bytes). With `order`, the ops run in that order (the replacement problem alone); with
+    `window`, each op runs inside its given [first, last] steps (a neighbourhood).
+
+    `recompute` (fixed orders only; objective in bytes): "plan" lets an activation come
+    back by re-running its producer just before a step that reads it, its producer's
+    inputs resident at that step (a restriction: they could leave before the step's own
+    compute), at problem.recompute_weight per FLOP; "relax" drops that condition and
+    rounds the charge down, so its optimum is a lower bound on every plan of the order."""
     g, size = problem.graph, problem.sizes
     a = problem.target.alignment
     n = len(g.ops)
-    win = windows(problem, flags.windows, order)
+    win = window or windows(problem, flags.windows, order)
     uses: dict[str, list[str]] = {}
     for t in size:
         tt = g.tensors[t]
@@ -108,9 +118,15 @@ def build(problem: Problem, flags: Flags, order: list[str] | None = None) -> For
         if tt.consumers or tt.producer:
             uses[t] = u
     span = {t: (min(win[o][0] for o in u), max(win[o][1] for o in u)) for t, u in uses.items()}
+    redo = _recomputable(problem, win, uses, recompute == "relax") if recompute else {}
+    if recompute == "plan":  # the producer's inputs may be needed where t is recomputed
+        for t, steps in redo.items():
+            for i in problem.tensors_of(g.op(g.tensors[t].producer)):
+                if i != t and i in span:
+                    span[i] = (min(span[i][0], min(steps)), max(span[i][1], max(steps)))
     f = Formulation(Model(), n, win, uses, span)
     m = f.model
-    f.obj_unit = _gcd(size[t] for t in uses) or 1
+    f.obj_unit = 1 if recompute else _gcd(size[t] for t in uses) or 1
     f.cap_unit = _gcd([align_up(size[t], a) for t in uses] + [align_up(problem.capacity, a)]) or 1
     kind = {t: g.tensors[t].kind for t in uses}
 
@@ -138,6 +154,11 @@ def build(problem: Problem, flags: Flags, order: list[str] | None = None) -> For
     for t in uses:
         if kind[t] == "activation" and any((t, s) in f.l for s in range(span[t][0], span[t][1] + 1)):
             f.st[t] = m.var(f"st_{t}", cost=size[t] // f.obj_unit)
+    # rc[t, s] = 1 if activation t is recomputed (its producer run again) just before step s.
+    for t, steps in redo.items():
+        w = problem.recompute_weight * g.op(g.tensors[t].producer).flops
+        for s in steps:
+            f.rc[t, s] = m.var(f"rc_{t}_{s}", cost=math.floor(w) if recompute == "relax" else round(w))
     # The first load of every used input and weight is compulsory (DESIGN §3).
     m.offset = -sum(size[t] for t in uses if kind[t] in ("input", "weight") and g.tensors[t].consumers) // f.obj_unit
 
@@ -187,7 +208,15 @@ def build(problem: Problem, flags: Flags, order: list[str] | None = None) -> For
             tp, cp = f.at(p, s) if p is not None else ({}, 0)
             prev = {f.r[t, s - 1]: 1} if s > lo else {}
             load = {f.l[t, s]: 1} if (t, s) in f.l else {}
+            if (t, s) in f.rc:
+                load[f.rc[t, s]] = 1
             m.row(f"arrive_{t}_{s}", _lin((1, {f.r[t, s]: 1}), (-1, prev), (-1, load), (-1, tp)), hi=cp)
+    # DESIGN §3 compute rule, for a recompute: the producer's inputs resident ("plan" only).
+    if recompute == "plan":
+        for (t, s), k in f.rc.items():
+            for i in problem.tensors_of(g.op(g.tensors[t].producer)):
+                if i != t:
+                    m.row(f"redo_{t}_{s}_{i}", {k: 1, f.r[i, s]: -1}, hi=0)
     # DESIGN §3 load rule: an activation is loaded only after it was computed and stored.
     for t in uses:
         p = g.tensors[t].producer
@@ -205,9 +234,13 @@ def build(problem: Problem, flags: Flags, order: list[str] | None = None) -> For
                     m.row(f"stored_{t}_{s}", {f.l[t, s]: 1, f.st[t]: -1}, hi=0)
     # Pruning: a residency ends at a step that uses the tensor (keeping it longer only costs room).
     if flags.early_evict:
+        feeds: dict[tuple[str, int], dict[int, int]] = {}  # a recompute at s reads the tensor too
+        for (t, s), k in f.rc.items():
+            for i in problem.tensors_of(g.op(g.tensors[t].producer)):
+                feeds.setdefault((i, s), {})[k] = 1
         for t, (lo, hi) in span.items():
             for s in range(lo, hi + 1):
-                tu, cu = _sum(f.at(o, s) for o in uses[t])
+                tu, cu = _sum([f.at(o, s) for o in uses[t]] + [(feeds.get((t, s), {}), 0)])
                 if cu >= 1:
                     continue
                 nxt = {f.r[t, s + 1]: -1} if s < hi else {}
@@ -249,10 +282,30 @@ def _liveness(f: Formulation, problem: Problem, max_pairs: int = 64) -> None:
         z = f.z[t] = m.var(f"z_{t}")
         for a, b, s, ta, ca, tb, cb in rows:  # r + z - done(a, s) + done(b, s - 1) >= 0
             m.row(f"live_{t}_{a}_{b}_{s}", _lin((1, {f.r[t, s]: 1, z: 1}), (-1, ta), (1, tb)), lo=ca - cb)
-        loads = {f.l[t, s]: 1 for s in range(f.span[t][0], f.span[t][1] + 1) if (t, s) in f.l}
-        m.row(f"spillload_{t}", {**loads, z: -1}, lo=0)
-        if t in f.st:
+        back = {f.l[t, s]: 1 for s in range(f.span[t][0], f.span[t][1] + 1) if (t, s) in f.l}
+        back.update({f.rc[t, s]: 1 for s in range(f.span[t][0], f.span[t][1] + 1) if (t, s) in f.rc})
+        m.row(f"spillload_{t}", {**back, z: -1}, lo=0)
+        if t in f.st and not any((t, s) in f.rc for s in range(f.span[t][0], f.span[t][1] + 1)):
             m.row(f"spillstore_{t}", {f.st[t]: 1, z: -1}, lo=0)
+
+
+def _recomputable(problem: Problem, win: dict[str, tuple[int, int]], uses: dict[str, list[str]],
+                  relax: bool) -> dict[str, list[int]]:
+    """Per tensor that may be recomputed, the steps before which: those of its readers after
+    its producer's (fixed orders only). Plans recompute activations of single-output ops;
+    the relaxation lets every produced tensor come back so, or its bound would not hold."""
+    g = problem.graph
+    if any(lo != hi for lo, hi in win.values()):
+        raise ValueError("recompute is modelled for fixed orders only")
+    out = {}
+    for t in uses:
+        tt = g.tensors[t]
+        if tt.producer and (relax or (tt.kind == "activation" and len(g.op(tt.producer).outputs) == 1)):
+            made = win[tt.producer][0]
+            steps = sorted({win[o][0] for o in tt.consumers if win[o][0] > made})
+            if steps:
+                out[t] = steps
+    return out
 
 
 def _use_steps(f: Formulation, ops: list[str]) -> list[int]:
@@ -285,8 +338,6 @@ def _sum(exprs) -> tuple[dict[int, int], int]:
 
 
 def _gcd(values) -> int:
-    import math
-
     out = 0
     for v in values:
         out = math.gcd(out, v)
