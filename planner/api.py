@@ -175,6 +175,7 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
     if best is None:
         raise SolverTimeout(f"no plan within the time limit of {time_limit:g} s; raise --time-limit")
     best.extra = {
+        **best.extra,  # what the solver itself reported (e.g. exact's found_by, dnc's passes)
         "budgets": {"M_R": b.m_r, "M_R_op": b.m_r_op, "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h,
                     "compulsory_bytes": b.compulsory},
         "candidates": candidates,

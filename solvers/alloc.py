@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
+
 from planner.errors import BadInput
 from solvers.alloc_check import validate
 from solvers.alloc_search import FOUND, NOT_FOUND, Params, search
@@ -63,10 +65,27 @@ def _align(n: int, a: int) -> int:
     return -(-n // a) * a
 
 
-def _busy(buffers: list[Buffer], offsets: list[int | None], placed: list[int], b: Buffer) -> list[tuple[int, int]]:
-    """Byte ranges of the placed buffers alive at the same time as `b`, by offset."""
-    return sorted((offsets[j], offsets[j] + buffers[j].size) for j in placed  # type: ignore[operator,misc]
-                  if buffers[j].lower < b.upper and b.lower < buffers[j].upper)
+class _Placed:
+    """The buffers placed so far, as arrays: finding those alive with a new buffer is one
+    vector operation, which keeps the greedy packers fast on plans of 10k residencies."""
+
+    def __init__(self, buffers: list[Buffer]):
+        self.lower = np.array([b.lower for b in buffers], dtype=np.int64)
+        self.upper = np.array([b.upper for b in buffers], dtype=np.int64)
+        self.size = np.array([b.size for b in buffers], dtype=np.int64)
+        self.offset = np.zeros(len(buffers), dtype=np.int64)
+        self.placed = np.zeros(len(buffers), dtype=bool)
+
+    def busy(self, b: Buffer) -> list[tuple[int, int]]:
+        """Byte ranges [start, end) of the placed buffers alive at the same time as `b`, sorted."""
+        idx = np.flatnonzero(self.placed & (self.lower < b.upper) & (b.lower < self.upper))
+        start = self.offset[idx]
+        end = start + self.size[idx]
+        k = np.lexsort((end, start))
+        return list(zip(start[k].tolist(), end[k].tolist()))
+
+    def place(self, i: int, offset: int) -> None:
+        self.offset[i], self.placed[i] = offset, True
 
 
 def greedy_by_size(buffers: list[Buffer], alignment: int = 1) -> list[int]:
@@ -80,21 +99,20 @@ def greedy_by_size(buffers: list[Buffer], alignment: int = 1) -> list[int]:
     """
     order = sorted(range(len(buffers)), key=lambda i: (buffers[i].offset is None, -buffers[i].size, buffers[i].lower))
     offsets: list[int | None] = [None] * len(buffers)
-    placed: list[int] = []
+    placed = _Placed(buffers)
     for i in order:
         b = buffers[i]
         a = max(alignment, b.alignment)
         if b.offset is not None:
             offsets[i] = b.offset
         else:
-            busy = _busy(buffers, offsets, placed, b)
             at = 0
-            for lo, hi in busy:
+            for lo, hi in placed.busy(b):
                 if at + b.size <= lo:
                     break
                 at = max(at, _align(hi, a))
             offsets[i] = at
-        placed.append(i)
+        placed.place(i, offsets[i])  # type: ignore[arg-type]
     return offsets  # type: ignore[return-value]
 
 
@@ -110,21 +128,20 @@ def best_fit(buffers: list[Buffer], order: str = "size", alignment: int = 1) -> 
            "lifetime": lambda b: (-(b.upper - b.lower), -b.size, b.lower)}[order]
     todo = sorted(range(len(buffers)), key=lambda i: (buffers[i].offset is None, key(buffers[i])))
     offsets: list[int | None] = [None] * len(buffers)
-    placed: list[int] = []
+    placed = _Placed(buffers)
     for i in todo:
         b = buffers[i]
         a = max(alignment, b.alignment)
         if b.offset is not None:
             offsets[i] = b.offset
         else:
-            busy = _busy(buffers, offsets, placed, b)
             best, best_gap, at = None, math.inf, 0
-            for lo, hi in busy:
+            for lo, hi in placed.busy(b):
                 if at + b.size <= lo and lo - at < best_gap:
                     best, best_gap = at, lo - at
                 at = max(at, _align(hi, a))
             offsets[i] = at if best is None else best
-        placed.append(i)
+        placed.place(i, offsets[i])  # type: ignore[arg-type]
     return offsets  # type: ignore[return-value]
 
 

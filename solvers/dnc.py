@@ -384,7 +384,7 @@ def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list
             where.append((i, t))  # type: ignore[arg-type]
         if s.kind == "free":
             bufs[open_.pop(s.tensor)].upper = i + 1  # type: ignore[arg-type]
-    offsets = _greedy_by_size(bufs, a)
+    offsets = alloc.greedy_by_size(bufs, a)
     arena = alloc.height(bufs, offsets)
     if arena > problem.capacity:
         r = alloc.solve(bufs, problem.capacity, alloc.Params(time_limit=time_limit))
@@ -398,25 +398,3 @@ def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list
         else:
             out[i].offsets[t] = off  # type: ignore[index]
     return out, arena
-
-
-def _greedy_by_size(bufs: list[alloc.Buffer], alignment: int, bucket: int = 64) -> list[int]:
-    """TFLite's greedy by size, first fit (as `solvers.alloc.greedy_by_size`), with the
-    placed buffers indexed by time bucket so each one only meets its contemporaries:
-    thousands of residencies in a second instead of minutes. # speed only"""
-    index: dict[int, list[int]] = {}
-    offsets = [0] * len(bufs)
-    for i in sorted(range(len(bufs)), key=lambda i: (-bufs[i].size, bufs[i].lower)):
-        b = bufs[i]
-        near = {j for k in range(b.lower // bucket, (b.upper - 1) // bucket + 1) for j in index.get(k, ())}
-        busy = sorted((offsets[j], offsets[j] + bufs[j].size) for j in near
-                      if bufs[j].lower < b.upper and b.lower < bufs[j].upper)
-        at = 0
-        for lo, hi in busy:
-            if at + b.size <= lo:
-                break
-            at = max(at, -(-hi // alignment) * alignment)
-        offsets[i] = at
-        for k in range(b.lower // bucket, (b.upper - 1) // bucket + 1):
-            index.setdefault(k, []).append(i)
-    return offsets
