@@ -2,9 +2,13 @@
 Hypothesis strategy for random DAGs. Sizes are bytes at uint8, so nbytes == numel."""
 from __future__ import annotations
 
+import itertools
+
+import networkx as nx
 from hypothesis import strategies as st
 
 from planner.ir import Graph, Op, Tensor
+from planner.problem import Problem
 
 
 def build(rows: list[tuple[str, list[str], list[str]]], sizes: dict[str, int], *, weights: tuple[str, ...] = (),
@@ -59,3 +63,17 @@ def random_dags(draw, max_ops: int = 12, max_size: int = 512, alignment: int = 1
         available += outs
         rows.append((f"op{i}", ins, outs))
     return build(rows, sizes)
+
+
+def brute_force_m_p(p: Problem) -> int:
+    """The least peak over (up to 50,000) topological orders, by enumeration: the oracle for
+    the min-peak DP and scheduler."""
+    from planner.bounds import peak_bytes
+
+    dag = nx.DiGraph()
+    dag.add_nodes_from(o.name for o in p.graph.ops)
+    for o in p.graph.ops:
+        for t in o.inputs:
+            if p.graph.tensors[t].producer:
+                dag.add_edge(p.graph.tensors[t].producer, o.name)
+    return min(peak_bytes(p, list(order)) for order in itertools.islice(nx.all_topological_sorts(dag), 50_000))

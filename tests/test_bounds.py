@@ -1,7 +1,5 @@
 """M_R, M_P, compulsory bytes on hand-computed graphs; the DP against brute force."""
-import itertools
 
-import networkx as nx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -9,7 +7,7 @@ from planner import bounds
 from planner.errors import Infeasible
 from planner.ir import Target
 from planner.problem import Problem
-from tests.graphs import build, chain, random_dags
+from tests.graphs import brute_force_m_p, build, chain, random_dags
 
 T = Target("t", capacity=10**6, alignment=1, element_bytes=1)
 
@@ -59,16 +57,6 @@ def test_budget_below_m_r_names_op_and_minimum():
         bounds.check_budget(Problem(g, T.with_capacity(5)))
     assert (e.value.op, e.value.minimum) == ("op2", 6)
     bounds.check_budget(Problem(g, T.with_capacity(6)))
-
-
-def brute_force_m_p(p: Problem) -> int:
-    dag = nx.DiGraph()
-    dag.add_nodes_from(o.name for o in p.graph.ops)
-    for o in p.graph.ops:
-        for t in o.inputs:
-            if p.graph.tensors[t].producer:
-                dag.add_edge(p.graph.tensors[t].producer, o.name)
-    return min(bounds.peak_bytes(p, list(order)) for order in itertools.islice(nx.all_topological_sorts(dag), 50_000))
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
