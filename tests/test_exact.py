@@ -221,8 +221,8 @@ def test_spine_relaxation_bounds_every_order(graph, extra, redo):
     r, _, p_ = budgets(graph)
     pr = problem(graph, min(r + extra, p_), allow_recompute=redo, recompute_weight=0.01)
     best = brute_force(pr)
-    for chain in stages.spines(pr):
-        rel = stages.Relaxation(pr, chain)
+    for spine in stages.spines(pr):
+        rel = stages.Relaxation(pr, spine)
         res = backends.solve(rel.model, "highs", 30, 1, None)
         assert res.status == "optimal" and res.bound * rel.unit <= best + 1e-9
 

@@ -197,7 +197,6 @@ class Relaxation:
         (or a descendant of k). Such a t absent at k comes back by a load in gap g, or is
         still absent at c_g: k in gap g => sum of pad(t) * (1 - l[t, g-1] - a[t, g]) fits."""
         g, size, al = self.problem.graph, self.problem.sizes, self.problem.target.alignment
-        m = len(self.chain)
 
         def first_gap(o: str) -> int:  # from this gap on, o certainly ran before c_{gap-1}
             return self.pos[o] + 1 if o in self.pos else self.gap[o][1] + 1
