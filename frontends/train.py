@@ -1,0 +1,578 @@
+"""Training under a byte budget: a torch.compile backend whose partition function decides which
+forward values the backward keeps, recomputes or offloads to host memory.
+
+    compiled = compile_train(gm, example_inputs, {"memory_budget": "6GiB", "mode": "train"})
+
+aot_autograd traces the joint forward+backward graph and calls our `partition_fn` with it
+(CONVENTIONS: save/recompute/offload decisions belong there). The partition function
+
+1. lays the joint graph out on one timeline (the forward ops, then the backward ops, in the
+   joint graph's order), sizes every storage from the FakeTensor values, and builds the
+   neutral `solvers.remat.RematProblem` (`_analyse`);
+2. solves it (`solvers.remat.solve`: a 0-1 programme with a greedy warm start; values of
+   repeated blocks, found from `nn_module_stack` (`h.0`, `h.1`, ...), share a group, so one
+   block is solved first and applied to all as the warm start); below the least modelled peak,
+   the least-peak choice (`solvers.remat.min_peak`) is replayed, and its replayed peak is the
+   smallest budget reported;
+3. splits the joint graph with torch's `_extract_fwd_bwd_modules`, saving exactly the kept and
+   offloaded values (and the inputs the backward reads), so the backward recomputes the rest,
+   and reorders the backward with `reordering_to_mimic_autograd_engine`, which runs each
+   recomputation just before its first reader (`_split`);
+4. inserts the offload copies: on CUDA torch's own `ao.offload` / `ao.reload` /
+   `ao.wait_tensor` ops (one side stream, pinned host buffers; the reload is issued at the
+   prefetch step the solver chose and waited on before the first reader); on CPU, where host
+   and device are one memory, `planner::host_copy`, a real copy, so the data path is still
+   exercised (`_offload`);
+5. replays the two graphs it returns (`replay_peak`: storages allocated at their producer,
+   freed after their last reader, saved ones carried from the forward into the backward) and,
+   if the replayed peak exceeds the budget, tightens the modelled budget by the excess and
+   solves again.
+
+The budget covers every byte the compiled forward and backward allocate: activations, the
+values held for the backward, recomputed values and the gradients; not parameters, inputs or
+the incoming gradient of the loss. It applies per captured graph (use `fullgraph=True`).
+Random ops (dropout's mask) are never recomputed: their outputs are kept or offloaded; we do
+not replay RNG state (aot_autograd's functionalized RNG is left off).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import logging
+import operator
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import fx
+from torch._functorch import partitioners as P
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils.flop_counter import flop_registry
+
+from planner.errors import BadInput, Infeasible, UnsupportedModel
+from planner.ir import Bytes, Target, get_target
+from planner.units import parse_bytes
+
+__all__ = ["TrainOptions", "TrainReport", "compile_train", "replay_peak"]
+
+log = logging.getLogger(__name__)
+MEMORY_BYTES_PER_S = 2e12  # device-memory bandwidth for the roofline of memory-bound ops (Target has none)
+_TIGHTEN_ROUNDS = 4
+
+
+@torch.library.custom_op("planner::host_copy", mutates_args=())
+def host_copy(x: torch.Tensor) -> torch.Tensor:
+    """The offload and the reload where host and device memory are one (CPU): a real copy."""
+    return x.clone()
+
+
+@host_copy.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    memory_budget: Bytes  # peak bytes of one compiled step (see the module docstring)
+    solver: str = "milp"  # "milp" (exact on the model, greedy warm start) or "greedy"
+    time_limit: float = 30.0  # seconds for the 0-1 programme
+    compiler: str = "inductor"  # "inductor", or "eager" (the fx graphs run as they are)
+    strict: bool = False  # raise instead of warning and falling back when a graph cannot be planned
+    target: str = "gpu-fp32"  # roofline (flops/s, host copy bytes/s) for the added-time objective
+    offload: bool = True  # allow host offload
+    recompute: bool = True  # allow recomputation
+
+    @staticmethod
+    def from_dict(options: dict[str, Any]) -> TrainOptions:
+        """Reads the backend's options (never mutating them); unknown keys are an error."""
+        opts = dict(options)
+        if opts.pop("mode", "train") not in ("train", "auto"):  # "auto": frontends.dynamo saw a training graph
+            raise BadInput("compile_train plans training graphs: mode must be 'train'")
+        names = {f.name for f in dataclasses.fields(TrainOptions)}
+        unknown = sorted(set(opts) - names)
+        if unknown:
+            raise BadInput(f"unknown option(s) {unknown}; choose from {sorted(names | {'mode'})}")
+        if "memory_budget" not in opts:
+            raise BadInput("memory_budget is required, in bytes or as '6GiB'")
+        opts["memory_budget"] = parse_bytes(opts["memory_budget"])
+        if opts.get("compiler", "inductor") not in ("inductor", "eager"):
+            raise BadInput(f"compiler must be 'inductor' or 'eager', not {opts['compiler']!r}")
+        if opts.get("solver", "milp") not in ("milp", "greedy"):
+            raise BadInput(f"solver must be 'milp' or 'greedy', not {opts['solver']!r}")
+        get_target(opts.get("target", "gpu-fp32"))
+        return TrainOptions(**opts)
+
+
+@dataclass
+class TrainReport:
+    """What the partition function decided for one graph; filled when the graph compiles."""
+
+    budget: Bytes
+    choice: dict[str, str] = field(default_factory=dict)  # forward op -> keep / offload / recompute
+    recomputed: list[str] = field(default_factory=list)  # forward ops the backward graph runs again
+    offloaded: list[str] = field(default_factory=list)  # saved tensors copied to host
+    modelled_peak: Bytes = 0  # the solver's model
+    replayed_peak: Bytes = 0  # replay of the forward and backward graphs returned
+    added_s: float = 0.0  # modelled added seconds
+    solver: Any = None  # planner.plan.SolverInfo of the last solve
+    rounds: int = 0  # solves (more than one when the replay tightened the budget)
+    planning_s: float = 0.0
+    fallback: str | None = None  # why the graph was not planned (non-strict fallback)
+
+
+class Compiled:
+    """The compiled training callable, with the report of its planning."""
+
+    def __init__(self, fn: Callable, report: TrainReport):
+        self.fn, self.report = fn, report
+        self._boxed_call = getattr(fn, "_boxed_call", False)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, Any] | None = None) -> Compiled:
+    """Compiles `gm` for training under `options["memory_budget"]` bytes.
+
+    Parameters
+    ----------
+    gm, example_inputs : what torch.compile hands a backend.
+    options : TrainOptions fields as a dict, plus "mode": "train"; not modified.
+
+    Returns
+    -------
+    Compiled : call it as the graph; `.report` says what was kept, recomputed and offloaded.
+
+    Raises
+    ------
+    BadInput : bad options. Infeasible : the budget is below the least peak we can reach
+        (`minimum` says it).
+    """
+    opts = TrainOptions.from_dict(options or {})
+    from torch._dynamo.backends.common import aot_autograd
+
+    report = TrainReport(opts.memory_budget)
+    fw_compiler, bw_compiler = _compilers(opts.compiler)
+    extra = {}
+    if opts.compiler == "inductor":
+        from torch._inductor.decomposition import select_decomp_table
+        extra["decompositions"] = select_decomp_table()
+    backend = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler,
+                           partition_fn=functools.partial(_partition, opts=opts, report=report), **extra)
+    return Compiled(backend(gm, example_inputs), report)
+
+
+def _compilers(name: str) -> tuple[Callable, Callable]:
+    if name == "eager":
+        from functorch.compile import make_boxed_func
+
+        def eager(gm: fx.GraphModule, _inputs: list) -> Callable:
+            return make_boxed_func(gm.forward)
+        return eager, eager
+    from torch._inductor.compile_fx import compile_fx_inner
+    return (functools.partial(compile_fx_inner, is_backward=False),
+            functools.partial(compile_fx_inner, is_backward=True))
+
+
+def _partition(joint: fx.GraphModule, joint_inputs: Any, *, opts: TrainOptions, report: TrainReport,
+               num_fwd_outputs: int, **kwargs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """aot_autograd's partition_fn: plan, split, offload, replay, tighten."""
+    t0 = time.perf_counter()
+    try:
+        timeline = _Timeline(joint, num_fwd_outputs, get_target(opts.target), opts)
+    except UnsupportedModel as e:
+        if opts.strict:
+            raise
+        log.warning("planner: cannot plan this graph (%s); using torch's min-cut partition", e)
+        report.fallback = str(e)
+        return P.min_cut_rematerialization_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kwargs)
+    from solvers import remat
+
+    params = remat.Params(time_limit=opts.time_limit, method=opts.solver, offload=opts.offload,
+                          recompute=opts.recompute)
+    budget, tried = opts.memory_budget, []
+    for rounds in range(1, _TIGHTEN_ROUNDS + 1):
+        problem = timeline.problem(budget)
+        try:
+            decision = remat.solve(problem, params)
+        except Infeasible as e:
+            # the model overestimates some recomputations: the least-memory plan may still fit
+            decision = _replayed(timeline, e.least)
+            if decision.peak > opts.memory_budget:
+                raise Infeasible(f"no plan fits {opts.memory_budget:,} B; the least peak planner reaches is "
+                                 f"{decision.peak:,} B, replayed ({e})", op=e.op, minimum=decision.peak) from None
+        fw, bw, recomputed = timeline.split(decision.choice, decision.prefetch)
+        peak = replay_peak(fw, bw)
+        tried.append(peak)
+        report.choice, report.recomputed = decision.choice, recomputed
+        report.offloaded = [n for n, c in decision.choice.items() if c == remat.OFFLOAD]
+        report.modelled_peak, report.replayed_peak, report.added_s = decision.peak, peak, decision.added_s
+        report.solver, report.rounds = decision.solver, rounds
+        if peak <= opts.memory_budget:
+            break
+        budget -= peak - opts.memory_budget
+    else:
+        raise Infeasible(f"the replayed peaks {tried} stay above the budget {opts.memory_budget:,} B after "
+                         f"{_TIGHTEN_ROUNDS} rounds", minimum=min(tried))
+    report.planning_s = time.perf_counter() - t0
+    log.info("planner train: budget %d, peak %d (model %d), recomputed %d ops, offloaded %d, %s %s, %.2f s",
+             opts.memory_budget, peak, decision.peak, len(recomputed), len(report.offloaded),
+             decision.solver.name, decision.solver.status, report.planning_s)
+    return fw, bw
+
+
+def _replayed(timeline: _Timeline, least: Any) -> Any:
+    """The least-memory decision with its replayed peak as its peak: the smallest budget we reach."""
+    fw, bw, _ = timeline.split(least.choice, least.prefetch)
+    return dataclasses.replace(least, peak=replay_peak(fw, bw))
+
+
+# -- 1. the timeline and the problem ----------------------------------------------------------
+
+def _tensors(val: Any) -> list[torch.Tensor]:
+    if isinstance(val, torch.Tensor):
+        return [val]
+    if isinstance(val, (list, tuple)):
+        return [t for t in val if isinstance(t, torch.Tensor)]
+    return []
+
+
+def _key(t: torch.Tensor) -> StorageWeakRef:
+    return StorageWeakRef(t.untyped_storage())
+
+
+def _is_random(n: fx.Node) -> bool:
+    return isinstance(n.target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in n.target.tags
+
+
+def _is_mutating(n: fx.Node) -> bool:
+    schema = getattr(n.target, "_schema", None)
+    return schema is not None and schema.is_mutable
+
+
+class _Timeline:
+    """The joint graph laid out as forward steps then backward steps, with its storages."""
+
+    def __init__(self, joint: fx.GraphModule, num_fwd_outputs: int, target: Target, opts: TrainOptions):
+        joint.graph.eliminate_dead_code()
+        joint.recompile()
+        self.joint, self.num_fwd_outputs, self.target, self.opts = joint, num_fwd_outputs, target, opts
+        self.info = P.classify_nodes(joint, [], num_fwd_outputs)
+        nodes = list(joint.graph.nodes)
+        for n in nodes:
+            if n.op not in ("placeholder", "output", "call_function"):
+                raise UnsupportedModel(f"node {n.name} is a {n.op}; the joint graph should hold calls only")
+            if n.op != "output" and "val" not in n.meta:
+                raise UnsupportedModel(f"node {n.name} has no FakeTensor value")
+            if any(isinstance(s, torch.SymInt) for t in _tensors(n.meta.get("val")) for s in t.shape):
+                raise UnsupportedModel("dynamic shapes; compile with dynamic=False")
+        calls = [n for n in nodes if n.op == "call_function"]
+        # forward: what does not depend on the incoming gradients (torch's "required" forward
+        # nodes and the unclaimed ones, e.g. attention's logsumexp, which only the backward reads)
+        self.fwd = [n for n in calls if n not in self.info.required_bw_nodes]
+        self.is_fwd = set(self.fwd)
+        self.steps = self.fwd + [n for n in calls if n not in self.is_fwd]
+        self.index = {n: k for k, n in enumerate(self.steps)}
+        self.n_forward = len(self.fwd)
+        self._storages(nodes)
+        self._uses(nodes)
+
+    def _storages(self, nodes: list[fx.Node]) -> None:
+        """keys[n]: the storages n's value lives in; owner[s]: the call that allocated s
+        (None for inputs, weights and tangents); nbytes[s]."""
+        self.keys: dict[fx.Node, list[StorageWeakRef]] = {}
+        self.owner: dict[StorageWeakRef, fx.Node | None] = {}
+        self.nbytes: dict[StorageWeakRef, int] = {}
+        for n in nodes:
+            if n.op == "output":
+                continue
+            ks = []
+            for t in _tensors(n.meta["val"]):
+                k = _key(t)
+                if k not in self.owner:
+                    self.owner[k] = n if n.op == "call_function" else None
+                    self.nbytes[k] = t.untyped_storage().nbytes()
+                ks.append(k)
+            self.keys[n] = ks
+
+    def _uses(self, nodes: list[fx.Node]) -> None:
+        """readers[s]: steps reading storage s (getitems excluded: they only pick from a tuple)."""
+        self.readers: dict[StorageWeakRef, list[int]] = {k: [] for k in self.owner}
+        for n in self.steps:
+            if n.target is operator.getitem:
+                continue
+            for a in n.all_input_nodes:
+                for k in self.keys[a]:
+                    self.readers[k].append(self.index[n])
+        out = next(n for n in reversed(nodes) if n.op == "output")
+        flat = list(out.args[0])
+        self.fwd_out = {k for a in flat[:self.num_fwd_outputs] if isinstance(a, fx.Node) for k in self.keys[a]}
+        self.bwd_out = {k for a in flat[self.num_fwd_outputs:] if isinstance(a, fx.Node) for k in self.keys[a]}
+
+    def problem(self, budget: Bytes) -> Any:
+        from solvers.remat import RematProblem, Value
+
+        end, nf = len(self.steps), self.n_forward
+        base = [0] * (end + 1)
+        for k, owner in self.owner.items():
+            if owner is None:
+                continue
+            born, reads = self.index[owner], self.readers[k]
+            if born < nf:
+                last = nf - 1 if k in self.fwd_out else max([born] + [r for r in reads if r < nf])
+            else:
+                last = end - 1 if k in self.bwd_out else max([born] + reads)
+            base[born] += self.nbytes[k]
+            base[last + 1] -= self.nbytes[k]
+        for t in range(1, end + 1):
+            base[t] += base[t - 1]
+        values = []
+        for n in self.fwd:
+            owned = [k for k in self.keys[n] if self.owner[k] is n and self.readers[k]]
+            if not owned:
+                continue
+            reads = sorted(r for k in owned for r in self.readers[k])
+            bwd = [r for r in reads if r >= nf]
+            inputs = {self.owner[k].name for a in n.all_input_nodes for k in self.keys[a]
+                      if self.owner[k] is not None and self.owner[k] is not n}
+            nbytes = sum(self.nbytes[k] for k in owned)
+            values.append(Value(
+                n.name, nbytes, self.index[n], max([self.index[n]] + [r for r in reads if r < nf]),
+                bwd[0] if bwd else None, bwd[-1] if bwd else None, sorted(inputs), self._seconds(n),
+                nbytes / self.target.dma_bytes_per_s,
+                recomputable=not (_is_random(n) or _is_mutating(n) or P._must_be_in_forward(n)
+                                  or any(k in self.fwd_out for k in owned)),
+                offloadable=not any(k in self.fwd_out for k in owned)))
+        known = {v.name for v in values}
+        groups = self._groups([n for n in self.fwd if n.name in known], {v.name: v.nbytes for v in values})
+        for v in values:
+            v.inputs = [u for u in v.inputs if u in known]
+            v.group = groups.get(v.name)
+        step_s = [self._seconds(n) for n in self.steps]
+        return RematProblem(self.joint.__class__.__name__, values, base[:end], step_s, nf, budget)
+
+    @staticmethod
+    def _groups(nodes: list[fx.Node], nbytes: dict[str, int]) -> dict[str, str]:
+        """Values of repeated blocks: the instances of a numbered module (`h.0`, `h.1`, ... in
+        `nn_module_stack`) whose values form the same sequence of (module path with the number
+        starred, op, bytes) are repeats; the value at place i of each gets the group "sig:i"."""
+        instances: dict[str, list[tuple[str, tuple]]] = {}
+        for n in nodes:
+            stack = n.meta.get("nn_module_stack")
+            path = list(stack.values())[-1][0] if stack else ""
+            m = re.search(r"\.(\d+)(?=\.|$)", path)
+            if m:
+                key = (path[:m.start()] + ".*" + path[m.end():], str(n.target), nbytes[n.name])
+                instances.setdefault(path[:m.end()], []).append((n.name, key))
+        by_sig: dict[tuple, list[list[str]]] = {}
+        for members in instances.values():
+            by_sig.setdefault(tuple(k for _, k in members), []).append([name for name, _ in members])
+        groups = {}
+        for s, (sig, repeats) in enumerate(by_sig.items()):
+            if len(repeats) > 1:
+                for names in repeats:
+                    groups.update({name: f"{s}:{i}" for i, name in enumerate(names)})
+        return groups
+
+    def _seconds(self, n: fx.Node) -> float:
+        """Roofline time of one call: flops at the target's rate, or bytes at device bandwidth."""
+        moved = sum(t.numel() * t.element_size() for a in n.all_input_nodes for t in _tensors(a.meta["val"]))
+        moved += sum(t.numel() * t.element_size() for t in _tensors(n.meta["val"]))
+        count = flop_registry.get(getattr(n.target, "overloadpacket", None))
+        flops = 0
+        if count is not None:
+            args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: a.meta["val"])
+            flops = count(*args, **kwargs, out_val=n.meta["val"])
+        return max(flops / self.target.flops_per_s, moved / MEMORY_BYTES_PER_S)
+
+    # -- 3. the split ---------------------------------------------------------------------
+
+    def split(self, choice: dict[str, str], prefetch: dict[str, int]) -> tuple[fx.GraphModule, fx.GraphModule,
+                                                                                    list[str]]:
+        """Forward and backward modules saving the kept and offloaded values; the backward
+        recomputes the recomputed ones. Returns them and the recomputed op names."""
+        saved = self._saved(choice)
+        fw, bw = P._extract_fwd_bwd_modules(self.joint, saved, saved_sym_nodes=[],
+                                            num_fwd_outputs=self.num_fwd_outputs,
+                                            static_lifetime_input_nodes=self.info.static_lifetime_input_nodes)
+        bw = P.reordering_to_mimic_autograd_engine(bw)
+        fwd_names = {n.name for n in self.fwd}
+        again = [n.name for n in bw.graph.nodes if n.op == "call_function" and n.name in fwd_names]
+        by_name = {n.name: n for n in self.fwd}
+        bad = [r for r in again if _is_random(by_name[r])]
+        recomputed = [r for r in again if self.owns(by_name[r])]  # views and getitems cost nothing
+        if bad:
+            raise AssertionError(f"random ops {bad} would be recomputed; their outputs must be saved")
+        offloaded = [n.name for n in saved if choice.get(self._value_of(n)) == "offload"]
+        _offload(fw, bw, offloaded, {n.name: prefetch.get(self._value_of(n), 0) for n in saved},
+                 {n.name: k for n, k in self.index.items()}, self.num_fwd_outputs)
+        return fw, bw, recomputed
+
+    def owns(self, n: fx.Node) -> bool:
+        """n allocates a storage (it is not a view or a getitem)."""
+        return any(self.owner[k] is n for k in self.keys.get(n, []))
+
+    def _value_of(self, n: fx.Node) -> str | None:
+        """The value (forward op) whose storage tensor node n holds, when n owns it."""
+        ks = self.keys.get(n, [])
+        if len(ks) != 1 or self.owner[ks[0]] is None:
+            return None
+        owner = self.owner[ks[0]]
+        alias = n is not owner and not (n.target is operator.getitem and n.args[0] is owner)
+        return None if alias else owner.name
+
+    def _saved(self, choice: dict[str, str]) -> list[fx.Node]:
+        """Walks back from every backward step: a node whose value is kept or offloaded (or an
+        input) is saved; views and recomputed ops are crossed to their inputs."""
+        saved: dict[fx.Node, None] = {}
+        seen: set[fx.Node] = set()
+        stack = [a for n in self.steps[self.n_forward:] for a in n.all_input_nodes]
+        stack += [a for a in P._extract_fwd_bwd_outputs(self.joint, num_fwd_outputs=self.num_fwd_outputs)[1]
+                  if isinstance(a, fx.Node)]
+        while stack:
+            n = stack.pop()
+            if n in seen or (n.op == "call_function" and n not in self.is_fwd):
+                continue
+            seen.add(n)
+            if n.op == "placeholder":
+                if P._is_primal(n):
+                    saved[n] = None
+                continue
+            value = self._value_of(n)
+            c = choice.get(value) if value is not None else None
+            if c in ("keep", "offload"):
+                saved[n] = None
+            elif value is not None and c is None and n.op == "call_function" and n.target is not \
+                    operator.getitem:
+                raise AssertionError(f"{n.name} is needed by the backward but neither held nor recomputed")
+            else:  # a view, a tuple, a getitem of a recomputed op, or a recomputed op
+                stack.extend(n.all_input_nodes)
+        order = {n: k for k, n in enumerate(self.joint.graph.nodes)}
+        return sorted(saved, key=order.__getitem__)
+
+
+# -- 4. offload copies ------------------------------------------------------------------------
+
+def _offload(fw: fx.GraphModule, bw: fx.GraphModule, names: list[str], prefetch: dict[str, int],
+             step_of: dict[str, int], num_fwd_outputs: int) -> None:
+    """Replaces each offloaded saved tensor by its host copy in the forward's outputs, and
+    reloads it in the backward at its prefetch step (never after its first reader)."""
+    if not names:
+        return
+    out = next(n for n in reversed(fw.graph.nodes) if n.op == "output")
+    outs = list(out.args[0])
+    nodes = {n.name: n for n in fw.graph.nodes}
+    for name in names:
+        node = nodes[name]
+        with fw.graph.inserting_after(node):
+            host = _copy_to_host(fw.graph, node)
+        k = next(i for i, a in enumerate(outs) if a is node and i >= num_fwd_outputs)
+        outs[k] = host
+    out.args = (tuple(outs),)
+    fw.recompile()
+    order = list(bw.graph.nodes)
+    position = {n: k for k, n in enumerate(order)}
+    placeholders = {n.name: n for n in order if n.op == "placeholder"}
+    for name in names:
+        ph = placeholders[name]
+        ph.meta["planner_host"] = True
+        first = min(ph.users, key=position.__getitem__)
+        due = [n for n in order if step_of.get(n.name, -1) >= prefetch[name] and n.op == "call_function"]
+        at = min([first] + due[:1], key=position.__getitem__)
+        dev = _copy_to_device(bw.graph, ph, at, first)
+        for user in list(ph.users):
+            if not user.meta.get("planner_copy"):
+                user.replace_input_with(ph, dev)
+    bw.graph.lint()
+    bw.recompile()
+
+
+def _copy_to_host(g: fx.Graph, node: fx.Node) -> fx.Node:
+    val = node.meta["val"]
+    if val.device.type == "cuda":
+        importlib.import_module("torch._functorch._activation_offloading.offload_ops")  # registers torch.ops.ao
+        start = g.call_function(torch.ops.ao.offload.default, (node,))
+        copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, node))
+        start.meta.update(val=val.to("cpu"), planner_host=True, planner_copy=True)
+    else:
+        copy = g.call_function(host_copy._opoverload, (node,))
+    with _fake_mode(val):
+        copy.meta.update(val=torch.empty_like(val, device="cpu"), planner_host=True, planner_copy=True)
+    return copy
+
+
+def _copy_to_device(g: fx.Graph, ph: fx.Node, at: fx.Node, first: fx.Node) -> fx.Node:
+    """Issues the reload before `at` (the prefetch step) and, on CUDA, waits for it before `first`."""
+    val = ph.meta["val"]
+    if val.device.type == "cuda":
+        importlib.import_module("torch._functorch._activation_offloading.offload_ops")
+        with g.inserting_before(at):
+            start = g.call_function(torch.ops.ao.reload.default, (ph, val.device, list(val.shape), list(val.stride())))
+        with g.inserting_before(first):
+            copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, ph))
+        start.meta.update(val=val, planner_copy=True)
+    else:
+        with g.inserting_before(at):
+            copy = g.call_function(host_copy._opoverload, (ph,))
+    # the reload holds the storage the backward's views of it share; the host copy another one
+    with _fake_mode(val):
+        ph.meta["val"] = torch.empty_like(val, device="cpu")
+    copy.meta.update(val=val, planner_copy=True)
+    return copy
+
+
+def _fake_mode(val: torch.Tensor) -> Any:
+    import contextlib
+
+    return torch._guards.detect_fake_mode([val]) or contextlib.nullcontext()
+
+
+# -- 5. the replay ------------------------------------------------------------------------------
+
+def replay_peak(fw: fx.GraphModule, bw: fx.GraphModule) -> Bytes:
+    """Peak device bytes of running `fw` then `bw`, independent of the solver's model.
+
+    Each call allocates the storages of its value that are new (views allocate nothing); a
+    storage is freed after the last node reading it, unless a graph output holds it; the forward's
+    saved outputs are the backward's placeholders, live from its start. Inputs, weights, tangents
+    and host copies are not device bytes of the step.
+    """
+    peak_f, _ = _replay(fw, initial=False)
+    peak_b, _ = _replay(bw, initial=True)
+    return max(peak_f, peak_b)
+
+
+def _replay(gm: fx.GraphModule, initial: bool) -> tuple[Bytes, Bytes]:
+    nodes = list(gm.graph.nodes)
+    keys: dict[fx.Node, list[StorageWeakRef]] = {}
+    size: dict[StorageWeakRef, int] = {}
+    external: set[StorageWeakRef] = set()
+    for n in nodes:
+        if n.op == "output":
+            continue
+        keys[n] = [_key(t) for t in _tensors(n.meta.get("val"))]
+        for t in _tensors(n.meta.get("val")):
+            size.setdefault(_key(t), t.untyped_storage().nbytes())
+        if n.meta.get("planner_host") or (n.op == "placeholder" and (
+                not initial or n.name.startswith(("primals", "tangents")))):
+            external.update(keys[n])
+    last: dict[StorageWeakRef, int] = {}
+    for i, n in enumerate(nodes):
+        for a in n.all_input_nodes:
+            for k in keys[a]:
+                last[k] = len(nodes) if n.op == "output" else i
+    live: dict[StorageWeakRef, int] = {}
+    peak = 0
+    for i, n in enumerate(nodes):
+        if n.op == "output":
+            break
+        for k in keys[n]:
+            if k not in external and k not in live:
+                live[k] = size[k]
+        peak = max(peak, sum(live.values()))
+        for k in [k for k in live if last.get(k, i) <= i]:
+            del live[k]
+    return peak, sum(live.values())

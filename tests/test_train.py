@@ -1,0 +1,206 @@
+"""compile_train end to end on CPU (issue 8): losses and gradients equal eager at several byte
+budgets, recomputation and offload happen where the budget forces them, the replayed peak fits,
+dropout stays exact, an infeasible budget names the least peak."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+from frontends.train import compile_train
+from models.gpt2 import gpt2
+from planner.errors import BadInput, Infeasible
+
+
+def gpt_loss(model, idx):
+    return torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+
+
+def run(model, loss_fn, args, options, seed=0):
+    """One compiled training step: (loss, gradients, the planning report)."""
+    reports = []
+
+    def backend(gm, example_inputs):
+        compiled = compile_train(gm, example_inputs, options)
+        reports.append(compiled.report)
+        return compiled
+
+    torch._dynamo.reset()
+    model.zero_grad()
+    step = torch.compile(lambda *a: loss_fn(model, *a), backend=backend, fullgraph=True, dynamic=False)
+    torch.manual_seed(seed)
+    loss = step(*args)
+    loss.backward()
+    assert len(reports) == 1
+    return loss.detach(), [p.grad.clone() for p in model.parameters()], reports[0]
+
+
+def eager(model, loss_fn, args, seed=0):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss = loss_fn(model, *args)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def assert_same(got, want, atol=1e-5):
+    loss, grads = got
+    assert torch.allclose(loss, want[0], atol=atol)
+    for g, w in zip(grads, want[1]):
+        assert torch.allclose(g, w, atol=atol, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    model = gpt2(layers=2, heads=2, width=64, positions=64, vocab=512).train()
+    idx = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    keep_all = run(model, gpt_loss, (idx,), {"memory_budget": "1GiB", "compiler": "eager"})[2]
+    return model, idx, keep_all.replayed_peak
+
+
+def test_ample_budget_keeps_everything(decoder):
+    model, idx, _ = decoder
+    loss, grads, report = run(model, gpt_loss, (idx,), {"memory_budget": "1GiB", "compiler": "eager"})
+    assert_same((loss, grads), eager(model, gpt_loss, (idx,)))
+    assert report.recomputed == [] and report.offloaded == []
+    assert report.replayed_peak <= report.modelled_peak  # the model holds inputs of recomputable consumers longer
+
+
+@pytest.mark.parametrize("fraction,offload", [(0.9, True), (0.88, False), (0.86, True)])
+def test_tight_budgets_recompute_or_offload_and_fit(decoder, fraction, offload):
+    model, idx, full = decoder
+    budget = int(full * fraction)
+    options = {"memory_budget": budget, "compiler": "eager", "offload": offload, "time_limit": 20}
+    loss, grads, report = run(model, gpt_loss, (idx,), options)
+    assert_same((loss, grads), eager(model, gpt_loss, (idx,)))
+    assert report.replayed_peak <= budget < full
+    assert report.recomputed or report.offloaded
+    if not offload:
+        assert report.recomputed and not report.offloaded
+    assert report.solver.status in ("optimal", "feasible")
+
+
+def test_dropout_is_exact_under_recompute():
+    model = gpt2(layers=2, heads=2, width=64, positions=64, vocab=512, dropout=0.1).train()
+    idx = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(1))
+    full = run(model, gpt_loss, (idx,), {"memory_budget": "1GiB", "compiler": "eager"}, seed=3)[2].replayed_peak
+    budget = int(full * 0.88)
+    loss, grads, report = run(model, gpt_loss, (idx,), {"memory_budget": budget, "compiler": "eager",
+                                                        "offload": False}, seed=3)
+    assert_same((loss, grads), eager(model, gpt_loss, (idx,), seed=3))
+    assert report.recomputed and report.replayed_peak <= budget
+    random = {n for n, c in report.choice.items() if "rand" in n or "bernoulli" in n or "dropout" in n}
+    assert random and not random & set(report.recomputed)
+
+
+def test_infeasible_budget_names_the_least_peak(decoder):
+    model, idx, _ = decoder
+    with pytest.raises(Exception) as e:
+        run(model, gpt_loss, (idx,), {"memory_budget": 1000, "compiler": "eager"})
+    err = e.value
+    while not isinstance(err, Infeasible) and err is not None:
+        err = getattr(err, "inner_exception", None) or err.__cause__  # dynamo wraps backend errors
+    assert isinstance(err, Infeasible) and err.minimum > 1000 and "least peak" in str(err)
+    _, _, report = run(model, gpt_loss, (idx,), {"memory_budget": err.minimum, "compiler": "eager"})
+    assert report.replayed_peak <= err.minimum
+
+
+def test_options_are_checked_and_not_mutated():
+    options = {"memory_budget": "2MiB", "mode": "train", "compiler": "eager"}
+    gm = torch.fx.symbolic_trace(torch.nn.Linear(2, 2))
+    with pytest.raises(BadInput):
+        compile_train(gm, [torch.randn(1, 2)], {**options, "mode": "inference"})
+    with pytest.raises(BadInput):
+        compile_train(gm, [torch.randn(1, 2)], {"memory_budget": "2 parsecs"})
+    with pytest.raises(BadInput):
+        compile_train(gm, [torch.randn(1, 2)], {**options, "budget": 1})
+    assert options == {"memory_budget": "2MiB", "mode": "train", "compiler": "eager"}
+
+
+def image_loss(model, x):
+    return model(x).logsumexp(dim=1).mean()
+
+
+def least_peak(model, loss_fn, args, compiler="eager", **options) -> int:
+    """The smallest budget planner reaches, from the Infeasible error at a 1-byte budget."""
+    with pytest.raises(Exception) as e:
+        run(model, loss_fn, args, {"memory_budget": 1, "compiler": compiler, **options})
+    err = e.value
+    while not isinstance(err, Infeasible):
+        err = getattr(err, "inner_exception", None) or err.__cause__
+    return err.minimum
+
+
+def torch_min_cut_peak(model, loss_fn, args, ratio: float) -> int:
+    """The replayed peak of torch's own partition at activation_memory_budget = ratio (dp solver)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch import config
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    from frontends.train import _compilers, replay_peak
+
+    peaks = []
+
+    def partition(joint, inputs, **kwargs):
+        fw, bw = min_cut_rematerialization_partition(joint, inputs, **kwargs)
+        peaks.append(replay_peak(fw, bw))
+        return fw, bw
+    eager_fw, eager_bw = _compilers("eager")
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=eager_fw, bw_compiler=eager_bw, partition_fn=partition)
+    with config.patch(activation_memory_budget=ratio, activation_memory_budget_solver="dp"):
+        torch.compile(lambda *a: loss_fn(model, *a), backend=backend, fullgraph=True, dynamic=False)(*args).backward()
+    return peaks[0]
+
+
+def test_least_peak_is_below_torch():
+    """Issue 8's target: the least peak planner reaches (a real minimum of the programme, not
+    "recompute everything", whose recomputed chains all run at the backward's start) is below
+    every peak of torch's activation_memory_budget sweep, with recomputation alone, and is
+    reached; offload never raises it (here the loss's transients set it)."""
+    model = gpt2(layers=4, heads=2, width=64, positions=64, vocab=128).train()
+    idx = torch.randint(0, 128, (2, 64), generator=torch.Generator().manual_seed(0))
+    theirs = [torch_min_cut_peak(model, gpt_loss, (idx,), r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    recompute_only = least_peak(model, gpt_loss, (idx,), offload=False)
+    assert least_peak(model, gpt_loss, (idx,)) <= recompute_only < min(theirs)
+    loss, grads, report = run(model, gpt_loss, (idx,), {"memory_budget": recompute_only, "compiler": "eager",
+                                                        "offload": False})
+    assert_same((loss, grads), eager(model, gpt_loss, (idx,)))
+    assert report.recomputed and report.replayed_peak <= recompute_only
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2"])
+def test_zoo_cnn_at_a_recompute_budget(name):
+    """Halfway between keeping everything and the least peak (gradients, which the budget
+    covers, are most of a small-input CNN's bytes)."""
+    model = models.get(name).build().train()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    full = run(model, image_loss, (x,), {"memory_budget": "1GiB", "compiler": "eager"})[2].replayed_peak
+    budget = (full + least_peak(model, image_loss, (x,))) // 2
+    loss, grads, report = run(model, image_loss, (x,), {"memory_budget": budget, "compiler": "eager",
+                                                        "time_limit": 20})
+    assert_same((loss, grads), eager(model, image_loss, (x,)), atol=1e-4)
+    assert report.replayed_peak <= budget and (report.recomputed or report.offloaded)
+
+
+def test_inductor_compiles_the_planned_graphs(decoder):
+    model, idx, _ = decoder
+    budget = least_peak(model, gpt_loss, (idx,), "inductor")  # Inductor's decompositions: another graph
+    loss, grads, report = run(model, gpt_loss, (idx,), {"memory_budget": budget, "compiler": "inductor"})
+    assert_same((loss, grads), eager(model, gpt_loss, (idx,)), atol=1e-4)
+    assert report.recomputed and report.replayed_peak <= budget
+
+
+def test_through_the_registered_backend(decoder):
+    """torch.compile(backend="planner", options={..., "mode": "train"}) reaches compile_train."""
+    model, idx, full = decoder
+    options = {"memory_budget": int(full * 0.9), "mode": "train", "compiler": "eager"}
+    torch._dynamo.reset()
+    model.zero_grad()
+    step = torch.compile(lambda i: gpt_loss(model, i), backend="planner", options=options, fullgraph=True,
+                         dynamic=False)
+    loss = step(idx)
+    loss.backward()
+    got = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    assert_same(got, eager(model, gpt_loss, (idx,)))
+    assert options["memory_budget"] == int(full * 0.9) and options["mode"] == "train"
