@@ -43,12 +43,12 @@ def test_entry_point_registers_the_backend() -> None:
     assert "planner" in torch._dynamo.list_backends(exclude_tags=())
 
 
-@pytest.mark.parametrize("name, budget", [("resnet50", "M_P"), ("densenet121", "M_H"), ("transformer", "M_P"),
-                                          ("gpt2", "M_P"), ("r2plus1d_18", "M_H")])
+@pytest.mark.parametrize("name, budget", [(name, "M_H") for name in models.ZOO] + [
+    ("resnet50", "M_P"), ("transformer", "M_P"), ("gpt2", "M_P")])
 def test_zoo_through_torch_compile(name: str, budget: str) -> None:
-    """A handful of zoo models (image, video, encoder-decoder with two inputs, token ids)
-    give eager's outputs; below M_P the executed plan spills activations. Every zoo model
-    runs through the executor in tests/test_torch_executor.py."""
+    """Every zoo model (image, video, NAS cells, encoder-decoder with two inputs, token ids)
+    gives eager's outputs at its small input, at M_H (where M_R < M_P the executed plan
+    spills activations) and for three of them at M_P."""
     entry = models.get(name)
     model = entry.build()
     args = models.example_inputs(entry, shape=entry.small_shape)
