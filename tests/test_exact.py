@@ -212,7 +212,7 @@ def test_warm_start_is_a_feasible_point_of_the_model(graph, extra, replacement):
         assert f.model.objective(x) * f.obj_unit <= noncompulsory(base, pr)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pressured_dags(), st.integers(0, 2), st.booleans())
 def test_spine_relaxation_bounds_every_order(graph, extra, redo):
     # each chain's relaxation, solved to optimality, is at most the brute-force optimum
@@ -269,7 +269,7 @@ def test_recompute_is_cheaper_than_a_spill_here():
     assert (dear.solver.status, dear.solver.objective) == ("optimal", 22)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pressured_dags(), st.integers(0, 2), st.sampled_from([0.0, 0.002, 0.02]))
 def test_recompute_never_worse_and_truthful(graph, extra, weight):
     r, _, p_ = budgets(graph)
