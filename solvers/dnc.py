@@ -17,13 +17,18 @@ segment problem therefore has two extra ops:
                                        is an output of the segment: it must be stored.
 
 Every segment problem holds the guide's own segment as a solution, so segments only
-improve on it (up to offsets). Segments of one pass are independent and run in parallel
-processes. The first pass carries every live tensor across its cuts where they fit;
-a second pass shifts the cuts by half a segment and carries what the best plan so far
-keeps resident there. Stitching drops B, E, the loads of carried tensors and the frees at the cut; a
-greedy arena allocator, then the exact one, places every residency. When that does not
-fit, the pass is retried with segment budgets lowered by the overflow, and the best
-COSMA baseline remains the fallback: the plan never has more traffic than it.
+improve on it (up to offsets). A segment whose tensors fit without spilling is solved on
+the spot (zero traffic is optimal); the others share the pass's time, and the exact
+solver stops early on the ones it proves optimal. Segments of one pass are independent
+and run in parallel processes. The first pass carries every live tensor across its cuts
+where they fit; each further pass shifts the cuts by a fraction of a segment and carries
+what the best plan so far keeps resident there, until a pass after the first does not
+improve it. Each pass gets half the time left, the last one all of it.
+Stitching drops B, E, the loads of carried tensors and the frees at the cut; the greedy
+arena allocators, then the exact one, place every residency. Where that overflows the
+capacity, the budgets of the segments it overflows are lowered (by half their overflow,
+then by all of it) and those segments alone solved again. The best COSMA baseline
+remains the fallback: the plan never has more traffic than it.
 
 A graph of at most `segment_ops` ops is one segment: `solvers.exact` on the whole problem.
 """
@@ -45,6 +50,7 @@ from solvers import exact as exact_solver
 __all__ = ["Params", "solve"]
 
 BEGIN, END = "__dnc_begin", "__dnc_end"  # names of the boundary ops of a segment problem
+MIN_SEGMENT_SECONDS = 0.25  # below this, a segment's exact solve would not get past its baselines
 
 
 @dataclass
@@ -52,11 +58,11 @@ class Params:
     time_limit: float | None = 60.0  # seconds for the whole solve, schedule and baselines included
     schedule: list[str] | None = None  # the op order (from the API); the min-peak order when None
     segment_ops: int = 40  # most graph ops per segment problem
-    passes: int = 2  # boundary passes; pass k shifts the cuts by k / passes of a segment
+    passes: int = 4  # most boundary passes; pass k shifts the cuts by k / passes of a segment
     workers: int = 1  # processes for the segments of a pass (1: sequential, same plans)
     segment_time_limit: float = 10.0  # seconds per segment's exact solve, at most
     backend: str = "highs"  # the exact solver's back end
-    refits: int = 3  # retries of a pass with lower segment budgets when offsets do not fit
+    refits: int = 3  # re-solves of overflowing segments with lower budgets when offsets do not fit
     alloc_time_limit: float = 5.0  # seconds for the exact offset search of a stitched plan
 
 
@@ -119,17 +125,21 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
                 log.append(f"pass {k}: skipped, time limit")
                 break
             shift = k * params.segment_ops // params.passes
-            steps, note = _pass(problem, order, guide.steps, shift, params, deadline)
-            if steps is None:
-                log.append(f"pass {k}: {note}")
-                continue
-            pl = Plan.build(problem, steps, SolverInfo("dnc", "feasible"))
-            cost = _cost(problem, pl)
-            log.append(f"pass {k}: {note}, non-compulsory {cost}")
-            if cost < guide_cost:
-                guide_cost, guide = cost, pl
+            now = time.perf_counter()
+            until = now + (deadline - now) * (1.0 if k == params.passes - 1 else 0.5)  # half the time left
+            steps, note = _pass(problem, order, guide.steps, shift, params, until)
+            cost, pl = math.inf, None
+            if steps is not None:
+                pl = Plan.build(problem, steps, SolverInfo("dnc", "feasible"))
+                cost = _cost(problem, pl)
+                note += f", non-compulsory {cost}"
+            log.append(f"pass {k}: {note}")
             if cost < best_cost:
                 best_cost, best, source = cost, pl, f"pass {k}"
+            if cost < guide_cost:
+                guide_cost, guide = cost, pl
+            elif k >= 1:
+                break  # a pass on the best plan's boundaries that does not improve it: they settled
     status = "optimal" if best_cost == 0 else "feasible"
     info = SolverInfo("dnc", status, objective=best_cost, bound=0, gap=0.0 if best_cost == 0 else 1.0,
                       seconds=time.perf_counter() - t0)
@@ -177,36 +187,67 @@ class _Segment:
     problem: Problem
     carried_in: list[str]  # resident when the segment starts
     carried_out: list[str]  # resident when it ends
-    time_limit: float
     backend: str
+    time_limit: float = math.inf  # seconds for its exact solve
+    stop: float = math.inf  # wall clock (time.time) past which only its baselines run
 
 
 def _pass(problem: Problem, order: list[str], guide: list[Step], shift: int, params: Params,
-          deadline: float) -> tuple[list[Step] | None, str]:
-    """One pass: cut, solve the segments, stitch, place. Returns the steps (None when the
-    offsets never fit) and a note for the log."""
+          until: float) -> tuple[list[Step] | None, str]:
+    """One pass, to end by `until`: cut, solve the segments, stitch, place. Where the
+    stitched residencies do not fit the capacity once placed, the budgets of the segments
+    they overflow are lowered and those segments alone solved again (`refits` times).
+    Returns the steps (None when the offsets never fit) and a note for the log."""
     live = _live_sets(problem, order)
     cuts = _cuts([sum(problem.sizes[t] for t in ts) for ts in live], shift, params.segment_ops)
-    carried = [_carry(problem, order, guide, live[c], c, all_live=shift == 0) for c in cuts]
-    capacity = problem.capacity
+    kept = _kept_at(problem, order, guide, cuts)
+    carried = [_carry(problem, live[c], kept[j], all_live=shift == 0) for j, c in enumerate(cuts)]
+    n = len(cuts) - 1
+    caps = [problem.capacity] * n
+    segs: list[_Segment | None] = [None] * n
+    plans: list[list[Step] | None] = [None] * n
+    solved, overhead = 0, 0.0  # overhead: seconds an attempt spends outside the segment solves
     for attempt in range(params.refits + 1):
-        left = deadline - time.perf_counter()
+        t0 = time.perf_counter()
+        left = until - t0 - overhead
         if left <= 0:
-            return None, "time limit before the segments were solved"
-        rounds = math.ceil((len(cuts) - 1) / max(1, params.workers))
-        limit = max(0.5, min(params.segment_time_limit, 0.8 * left / max(1, rounds)))
-        segs = [_segment(problem, order, lo, hi, carried[i], carried[i + 1], capacity, limit, params.backend)
-                for i, (lo, hi) in enumerate(zip(cuts, cuts[1:]))]
-        plans = _map(params.workers, _solve_segment, segs)
-        steps = _stitch(problem, segs, plans)
-        placed, arena = _place(problem, steps, params.alloc_time_limit)
-        note = f"{len(segs)} segments, cuts shifted by {shift}"
+            return None, f"{n} segments: time limit after {attempt} tries"
+        todo = [i for i in range(n) if segs[i] is None]
+        for i in todo:
+            segs[i] = _segment(problem, order, cuts[i], cuts[i + 1], carried[i], carried[i + 1], caps[i],
+                               params.backend)
+            plans[i] = _no_spill(segs[i])  # fits without spilling: solved (optimally) here
+        # the other segments share half of what is left of the pass (all of it on the last
+        # try), once building, stitching and placing are paid for
+        hard = [i for i in todo if plans[i] is None]
+        spend = max(0.0, left - min(params.alloc_time_limit, 0.2 * left)) * (1.0 if attempt == params.refits else 0.5)
+        share = spend / max(1, math.ceil(len(hard) / max(1, params.workers)))
+        stop = time.time() + spend  # wall clock: the same in every process
+        for i in hard:
+            segs[i].time_limit, segs[i].stop = min(params.segment_time_limit, share), stop  # type: ignore[union-attr]
+        t1 = time.perf_counter()
+        for i, p in zip(hard, _map(params.workers, _solve_segment, [segs[i] for i in hard])):
+            plans[i] = p
+        t2 = time.perf_counter()
+        solved += len(hard)
+        steps, starts = _stitch(problem, segs, plans)  # type: ignore[arg-type]
+        placed, excess = _place(problem, steps, min(params.alloc_time_limit, max(0.1, until - time.perf_counter())))
+        overhead = (t1 - t0) + (time.perf_counter() - t2)
+        note = f"{n} segments ({solved} solver calls), cuts shifted by {shift}"
         if placed is not None:
-            return placed, note + (f", segment budget {capacity}" if attempt else "")
-        capacity -= max(arena - problem.capacity, problem.target.alignment)
-        if any(capacity < _need(s) for s in segs):
+            return placed, note + (f", {attempt} refits" if attempt else "")
+        # lower the budget of each segment the placement overflows: by half its overflow the
+        # first time (a lower budget costs traffic), by all of it after
+        lowered = False
+        for i in range(n):
+            over = max(excess[starts[i]:starts[i + 1]], default=0)
+            cut = max(over // 2 if attempt == 0 else over, problem.target.alignment)
+            cap = max(_need(segs[i]), caps[i] - cut)  # type: ignore[arg-type]
+            if over > 0 and cap < caps[i]:
+                caps[i], segs[i], lowered = cap, None, True
+        if not lowered:
             break
-    return None, f"{len(cuts) - 1} segments: offsets did not fit after {attempt + 1} tries"
+    return None, f"{n} segments: offsets did not fit after {attempt + 1} tries"
 
 
 def _need(seg: _Segment) -> int:
@@ -244,43 +285,43 @@ def _live_sets(problem: Problem, order: list[str]) -> list[list[str]]:
     return out
 
 
-def _carry(problem: Problem, order: list[str], guide: list[Step], live: list[str], c: int,
-           all_live: bool) -> list[str]:
-    """What stays resident across the cut before position c: with `all_live`, every live
-    tensor when they fit together (the segments decide what to spill); otherwise, or when
-    they do not fit, what the guide keeps there (so the guide's segment is a solution)."""
-    if c == 0 or c == len(order):
-        return []
+def _carry(problem: Problem, live: list[str], guide_kept: set[str], all_live: bool) -> list[str]:
+    """What stays resident across one cut: with `all_live`, every live tensor when they fit
+    together (the segments decide what to spill); otherwise, or when they do not fit,
+    what the guide keeps there (so the guide's segment is a solution)."""
     a = problem.target.alignment
     if all_live and sum(align_up(problem.sizes[t], a) for t in live) <= problem.capacity:
         return list(live)
-    before, after = _resident_at(problem, order, guide, c)
-    return [t for t in live if t in after and t in before]
+    return [t for t in live if t in guide_kept]
 
 
-def _resident_at(problem: Problem, order: list[str], guide: list[Step], c: int) -> tuple[set[str], set[str]]:
-    """What the guide has resident right after order[c - 1] computes (its outputs
-    included) and right before order[c] computes."""
+def _kept_at(problem: Problem, order: list[str], guide: list[Step], cuts: list[int]) -> list[set[str]]:
+    """Per cut c: the tensors the guide has resident both right after order[c - 1]
+    computes (its outputs included) and right before order[c] computes; empty at the
+    graph's two ends. One sweep over the guide's steps."""
+    want = {order[c]: j for j, c in enumerate(cuts) if 0 < c < len(order)}
+    last = {order[c - 1] for c in cuts if 0 < c < len(order)}
+    kept: list[set[str]] = [set() for _ in cuts]
     resident: set[str] = set()
-    after: set[str] = set()
+    after: dict[str, set[str]] = {}  # op before a cut -> resident right after it
+    prev = None
     for s in guide:
         if s.kind == "load":
             resident.add(s.tensor)  # type: ignore[arg-type]
         elif s.kind == "free":
             resident.discard(s.tensor)  # type: ignore[arg-type]
-        elif s.kind == "store":
-            continue
-        elif s.op == order[c]:
-            return after, resident
-        else:
+        elif s.kind == "compute":
+            if s.op in want and prev is not None:
+                kept[want[s.op]] = after.get(prev, set()) & resident
             resident |= {t for t in problem.graph.op(s.op).outputs if t in problem.sizes}  # type: ignore[arg-type]
-            if s.op == order[c - 1]:
-                after = set(resident)
-    raise AssertionError(f"guide never computes {order[c]}")
+            if s.op in last:
+                after[s.op] = set(resident)  # type: ignore[index]
+            prev = s.op
+    return kept
 
 
 def _segment(problem: Problem, order: list[str], lo: int, hi: int, carried_in: list[str], carried_out: list[str],
-             capacity: int, time_limit: float, backend: str) -> _Segment:
+             capacity: int, backend: str) -> _Segment:
     """The problem of ops order[lo:hi] between two boundaries (see the module docstring)."""
     g = problem.graph
     ops = [g.op(o) for o in order[lo:hi]]
@@ -324,26 +365,68 @@ def _segment(problem: Problem, order: list[str], lo: int, hi: int, carried_in: l
     outputs = [t for t, v in tensors.items() if v.kind == "output"]
     sub = Graph(f"{g.name}[{lo}:{hi}]", tensors, sub_ops, inputs, outputs)
     target = problem.target.with_capacity(capacity)
-    return _Segment(Problem(sub, target, fixed_order=True), list(carried_in), list(carried_out), time_limit, backend)
+    return _Segment(Problem(sub, target, fixed_order=True), list(carried_in), list(carried_out), backend)
+
+
+def _no_spill(seg: _Segment) -> list[Step] | None:
+    """The segment's steps when it runs without spilling (every tensor resident from its
+    first use to its last in the segment, loads only of what slow memory holds, stores
+    only of its outputs): its non-compulsory traffic is zero, so this is optimal. None
+    when those residencies exceed the segment's capacity at some step (offsets are
+    placed later, for the stitched plan)."""
+    pr = seg.problem
+    g, size, a = pr.graph, pr.sizes, pr.target.alignment
+    last = {t: i for i, o in enumerate(g.ops) for t in pr.tensors_of(o)}
+    resident: set[str] = set()
+    used, steps = 0, []
+    for i, o in enumerate(g.ops):
+        for t in o.inputs:
+            if t in size and t not in resident:
+                steps.append(Step("load", tensor=t))
+                resident.add(t)
+                used += align_up(size[t], a)
+        steps.append(Step("compute", op=o.name))
+        for t in o.outputs:
+            if t in size:
+                resident.add(t)
+                used += align_up(size[t], a)
+        if used > pr.capacity:
+            return None
+        steps += [Step("store", tensor=t) for t in o.outputs if t in size and g.tensors[t].kind == "output"]
+        for t in pr.tensors_of(o):
+            if last[t] == i and t in resident:
+                steps.append(Step("free", tensor=t))
+                resident.discard(t)
+                used -= align_up(size[t], a)
+    return steps
 
 
 def _solve_segment(seg: _Segment) -> list[Step]:
-    """The exact solver on one segment (fixed order); its steps."""
-    p = exact_solver.solve(seg.problem, exact_solver.Params(time_limit=seg.time_limit, backend=seg.backend,
-                                                             order_bound=False, joint=False))
+    """The exact solver on one segment (fixed order) for its share of the pass; once the
+    pass's time is spent, the better of the segment's two baselines instead."""
+    limit = min(seg.time_limit, seg.stop - time.time())
+    if limit < MIN_SEGMENT_SECONDS:
+        runs = [baselines.solve(seg.problem, baselines.Params(replacement=r)) for r in ("belady", "greedy")]
+        return min(runs, key=lambda p: _cost(seg.problem, p)).steps
+    p = exact_solver.solve(seg.problem, exact_solver.Params(
+        time_limit=None if limit == math.inf else limit, backend=seg.backend, order_bound=False, joint=False,
+        alloc_time_limit=min(5.0, max(0.1, limit / 4))))
     return p.steps
 
 
-def _stitch(problem: Problem, segs: list[_Segment], plans: list[list[Step]]) -> list[Step]:
+def _stitch(problem: Problem, segs: list[_Segment], plans: list[list[Step]]) -> tuple[list[Step], list[int]]:
     """One step list from the segment plans (offsets left to `_place`): the boundary ops,
     loads of tensors already resident, stores of tensors slow memory already holds and
     the frees after E are dropped; what a segment leaves resident beyond its carried-out
-    tensors is freed at its end."""
+    tensors is freed at its end. Returns the steps and where each segment's steps start
+    (one more entry: the end)."""
     g = problem.graph
     steps: list[Step] = []
+    starts: list[int] = []
     resident: set[str] = set()
     stored = {t for t in problem.sizes if g.tensors[t].kind in ("input", "weight")}
     for seg, sub in zip(segs, plans):
+        starts.append(len(steps))
         keep, ended = set(seg.carried_out), False
         for s in sub:
             if s.kind == "compute" and s.op in (BEGIN, END):
@@ -364,14 +447,14 @@ def _stitch(problem: Problem, segs: list[_Segment], plans: list[list[Step]]) -> 
         for t in sorted(resident - keep):
             steps.append(Step("free", tensor=t))
         resident &= keep
-    return steps
+    return steps, starts + [len(steps)]
 
 
-def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list[Step] | None, int]:
+def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list[Step] | None, list[int]]:
     """Offsets for every residency of `steps`: the greedy arena allocators, then the exact
-    search. Returns the steps with offsets (None when they do not fit) and the arena the
-    greedy allocators needed."""
-    a = problem.target.alignment
+    search. Returns the steps with offsets (None when they do not fit) and, per step, by
+    how many bytes the best greedy packing overflows the capacity there."""
+    a, cap = problem.target.alignment, problem.capacity
     bufs: list[alloc.Buffer] = []
     where: list[tuple[int, str]] = []  # per buffer: the step that opened it and its tensor
     open_: dict[str, int] = {}
@@ -384,12 +467,16 @@ def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list
             where.append((i, t))  # type: ignore[arg-type]
         if s.kind == "free":
             bufs[open_.pop(s.tensor)].upper = i + 1  # type: ignore[arg-type]
-    offsets = alloc.greedy_by_size(bufs, a)
-    arena = alloc.height(bufs, offsets)
-    if arena > problem.capacity:
-        r = alloc.solve(bufs, problem.capacity, alloc.Params(time_limit=time_limit))
+    offsets = alloc.greedy(bufs, a)
+    excess = [0] * (len(steps) + 1)
+    if alloc.height(bufs, offsets) > cap:
+        r = alloc.solve(bufs, cap, alloc.Params(time_limit=time_limit, greedy_first=False))
         if r.offsets is None:
-            return None, arena
+            for b, off in zip(bufs, offsets):
+                if off + b.size > cap:
+                    for i in range(b.lower, b.upper):
+                        excess[i] = max(excess[i], off + b.size - cap)
+            return None, excess
         offsets = r.offsets
     out = [Step(s.kind, tensor=s.tensor, op=s.op, offsets={} if s.kind == "compute" else None) for s in steps]
     for (i, t), off in zip(where, offsets):
@@ -397,4 +484,4 @@ def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list
             out[i].offset = off
         else:
             out[i].offsets[t] = off  # type: ignore[index]
-    return out, arena
+    return out, excess

@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from benchmarks.scaling import layered_dag
 from planner import bounds, registry
 from planner.ir import Target
+from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
 from runtime.simulator import simulate
 from solvers import baselines, dnc, exact
@@ -62,3 +63,32 @@ def test_auto_picks_dnc_on_large_graphs():
     assert registry.members("auto", registry.AUTO_EXACT_MAX_OPS + 1) == ("dnc",)
     assert "exact" in registry.members("auto", registry.AUTO_EXACT_MAX_OPS)
     assert registry.members("dnc") == ("dnc",)
+
+
+def test_segment_that_fits_without_spilling_is_solved_on_the_spot():
+    # ops 20..40 of a layered DAG, every live tensor carried across both cuts: with room for
+    # their no-spill peak the segment moves no byte it need not; one byte less, it must spill
+    g = layered_dag(60, 5)
+    pr, order = at_budget(g, "M_P")
+    live = dnc._live_sets(pr, order)
+    a = pr.target.alignment
+
+    def seg(capacity: int) -> dnc._Segment:
+        return dnc._segment(pr, order, 20, 40, live[20], live[40], capacity, "highs")
+
+    used, peak, last = set(), 0, {}
+    sub = seg(pr.capacity).problem
+    for i, o in enumerate(sub.graph.ops):
+        for t in sub.tensors_of(o):
+            last[t] = i
+    for i, o in enumerate(sub.graph.ops):
+        used |= set(sub.tensors_of(o))
+        peak = max(peak, sum(-(-sub.sizes[t] // a) * a for t in used))
+        used -= {t for t in sub.tensors_of(o) if last[t] == i}
+    sp = seg(peak).problem
+    steps = dnc._no_spill(seg(peak))
+    assert steps is not None and dnc._no_spill(seg(peak - 1)) is None
+    placed, _ = dnc._place(sp, steps, 5.0)
+    assert placed is not None
+    m = simulate(Plan.build(sp, placed, SolverInfo("dnc", "heuristic")), sp.graph, sp.target).metrics
+    assert m.noncompulsory_bytes == 0
