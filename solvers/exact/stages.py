@@ -30,6 +30,7 @@ import math
 
 from planner.problem import Problem, align_up
 from solvers.exact.backends import Model
+from solvers.exact.model import _lin
 from solvers.exact.orders import ancestors
 
 
@@ -263,12 +264,4 @@ def _topological(problem: Problem, key: dict) -> list[str]:
             left[v] -= 1
             if left[v] == 0:
                 heapq.heappush(ready, (key[v], v))
-    return out
-
-
-def _lin(*pairs: tuple[int, dict[int, int]]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for c, terms in pairs:
-        for i, v in terms.items():
-            out[i] = out.get(i, 0) + c * v
     return out
