@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -88,6 +89,40 @@ class _Placed:
         self.offset[i], self.placed[i] = offset, True
 
 
+def _pack(buffers: list[Buffer], alignment: int, key: Callable[[Buffer], tuple],
+          fit: Callable[[list[tuple[int, int]], int, int], int]) -> list[int]:
+    """The greedy packers' common loop: fixed buffers first at their offsets, then the
+    others in the order of `key`, each at `fit(busy ranges of its contemporaries, size,
+    alignment)`."""
+    offsets = [0] * len(buffers)
+    placed = _Placed(buffers)
+    for i in sorted(range(len(buffers)), key=lambda i: (buffers[i].offset is None, key(buffers[i]))):
+        b = buffers[i]
+        offsets[i] = b.offset if b.offset is not None else fit(placed.busy(b), b.size, max(alignment, b.alignment))
+        placed.place(i, offsets[i])
+    return offsets
+
+
+def _first_fit(busy: list[tuple[int, int]], size: int, a: int) -> int:
+    """The lowest aligned offset below, between or above the busy ranges that holds `size`."""
+    at = 0
+    for lo, hi in busy:
+        if at + size <= lo:
+            break
+        at = max(at, _align(hi, a))
+    return at
+
+
+def _best_fit(busy: list[tuple[int, int]], size: int, a: int) -> int:
+    """The start of the smallest gap between busy ranges that holds `size`, else the top."""
+    best, best_gap, at = None, math.inf, 0
+    for lo, hi in busy:
+        if at + size <= lo and lo - at < best_gap:
+            best, best_gap = at, lo - at
+        at = max(at, _align(hi, a))
+    return at if best is None else best
+
+
 def greedy_by_size(buffers: list[Buffer], alignment: int = 1) -> list[int]:
     """Offsets (in the order of `buffers`) from TFLite's greedy-by-size, first fit.
 
@@ -97,23 +132,7 @@ def greedy_by_size(buffers: list[Buffer], alignment: int = 1) -> list[int]:
     >>> greedy_by_size([Buffer("a", 0, 2, 4), Buffer("b", 1, 3, 8), Buffer("c", 2, 4, 4)])
     [8, 0, 8]
     """
-    order = sorted(range(len(buffers)), key=lambda i: (buffers[i].offset is None, -buffers[i].size, buffers[i].lower))
-    offsets: list[int | None] = [None] * len(buffers)
-    placed = _Placed(buffers)
-    for i in order:
-        b = buffers[i]
-        a = max(alignment, b.alignment)
-        if b.offset is not None:
-            offsets[i] = b.offset
-        else:
-            at = 0
-            for lo, hi in placed.busy(b):
-                if at + b.size <= lo:
-                    break
-                at = max(at, _align(hi, a))
-            offsets[i] = at
-        placed.place(i, offsets[i])  # type: ignore[arg-type]
-    return offsets  # type: ignore[return-value]
+    return _pack(buffers, alignment, lambda b: (-b.size, b.lower), _first_fit)
 
 
 def best_fit(buffers: list[Buffer], order: str = "size", alignment: int = 1) -> list[int]:
@@ -126,23 +145,7 @@ def best_fit(buffers: list[Buffer], order: str = "size", alignment: int = 1) -> 
     """
     key = {"size": lambda b: (-b.size, -(b.upper - b.lower), b.lower),
            "lifetime": lambda b: (-(b.upper - b.lower), -b.size, b.lower)}[order]
-    todo = sorted(range(len(buffers)), key=lambda i: (buffers[i].offset is None, key(buffers[i])))
-    offsets: list[int | None] = [None] * len(buffers)
-    placed = _Placed(buffers)
-    for i in todo:
-        b = buffers[i]
-        a = max(alignment, b.alignment)
-        if b.offset is not None:
-            offsets[i] = b.offset
-        else:
-            best, best_gap, at = None, math.inf, 0
-            for lo, hi in placed.busy(b):
-                if at + b.size <= lo and lo - at < best_gap:
-                    best, best_gap = at, lo - at
-                at = max(at, _align(hi, a))
-            offsets[i] = at if best is None else best
-        placed.place(i, offsets[i])  # type: ignore[arg-type]
-    return offsets  # type: ignore[return-value]
+    return _pack(buffers, alignment, key, _best_fit)
 
 
 def height(buffers: list[Buffer], offsets: list[int]) -> int:
