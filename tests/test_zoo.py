@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import models
+from frontends import fx as fx_frontend
+from frontends import onnx as onnx_frontend
 from models import ZOO
 from planner.errors import BadInput
 from planner.ir import TARGETS, Graph
@@ -115,8 +117,6 @@ def _budgets(graph: Graph) -> tuple[int, int]:
 
 
 def test_frontends_agree(case):
-    onnx_frontend = pytest.importorskip("frontends.onnx")
-    fx_frontend = pytest.importorskip("frontends.fx")
     g_onnx = onnx_frontend.load_onnx(case.path, fuse=True)
     # decompose_attention: the ONNX file spells attention as Transpose, Mul, Mul, MatMul, Softmax, MatMul
     g_fx = fx_frontend.load_module(case.model, case.args, fuse=True, decompose_attention=True)
