@@ -36,19 +36,15 @@ class Case:
 
 
 @pytest.fixture(scope="module")
-def case() -> Callable[[str], Case]:
+def case(zoo_run) -> Callable[[str], Case]:
     cache: dict[str, Case] = {}
 
     def get(name: str) -> Case:
         if name not in cache:
-            entry = models.get(name)
-            model = entry.build()
-            args = models.example_inputs(entry, shape=entry.small_shape)
-            with torch.no_grad():
-                out = model(*args)
-            low = lower_module(model, args, fold_bn=False, name=name)  # batch norm stays an op, as eager runs it
+            run = zoo_run(name)
+            low = lower_module(run.model, run.args, fold_bn=False, name=name)  # batch norm stays an op, as eager runs it
             b = bounds.budgets(Problem(low.graph, TARGET), time_limit=2)
-            cache[name] = Case(low, args, list(out) if isinstance(out, (tuple, list)) else [out], b)
+            cache[name] = Case(low, run.args, run.outputs, b)
         return cache[name]
     return get
 
