@@ -166,24 +166,35 @@ def _victims(candidates: list[str], over: Bytes, policy: str, size: dict[str, By
 
 def _place(problem: Problem, steps: list[Step]) -> tuple[Bytes, list[Step]]:
     """Offsets for every residency by greedy-by-size; returns the arena and the steps."""
-    buffers: list[Buffer] = []
-    open_: dict[str, int] = {}  # tensor -> index into buffers of its current residency
-    owner: list[tuple[int, str]] = []  # per buffer: the step that created it and the tensor
-    for i, s in enumerate(steps):
-        if s.kind == "load":
-            open_[s.tensor] = len(buffers)  # type: ignore[index]
-            buffers.append(Buffer(s.tensor, i, len(steps), problem.sizes[s.tensor]))  # type: ignore[index]
-            owner.append((i, s.tensor))  # type: ignore[arg-type]
-        elif s.kind == "compute":
-            for t in problem.graph.op(s.op).outputs:  # type: ignore[arg-type]
-                if t in problem.sizes:
-                    open_[t] = len(buffers)
-                    buffers.append(Buffer(t, i, len(steps), problem.sizes[t]))
-                    owner.append((i, t))
-        elif s.kind == "free":
-            buffers[open_.pop(s.tensor)].upper = i  # type: ignore[arg-type]
+    buffers, owner = residencies(problem, steps)
     offsets = greedy_by_size(buffers, problem.target.alignment)
     arena = max((o + b.size for o, b in zip(offsets, buffers)), default=0)
+    return arena, with_offsets(steps, owner, offsets)
+
+
+def residencies(problem: Problem, steps: list[Step]) -> tuple[list[Buffer], list[tuple[int, str]]]:
+    """One buffer per residency of `steps`, from the load or compute that opens it to the
+    free that ends it (the end of the plan if none), aligned as the target asks; and for
+    each buffer the step that opened it and its tensor, for `with_offsets`."""
+    buffers: list[Buffer] = []
+    open_: dict[str, int] = {}  # tensor -> index into buffers of its current residency
+    owner: list[tuple[int, str]] = []
+    a = problem.target.alignment
+    for i, s in enumerate(steps):
+        new = [s.tensor] if s.kind == "load" else (
+            [t for t in problem.graph.op(s.op).outputs if t in problem.sizes] if s.kind == "compute" else [])
+        for t in new:
+            open_[t] = len(buffers)  # type: ignore[index]
+            buffers.append(Buffer(t, i, len(steps), problem.sizes[t], a))  # type: ignore[arg-type,index]
+            owner.append((i, t))  # type: ignore[arg-type]
+        if s.kind == "free":
+            buffers[open_.pop(s.tensor)].upper = i  # type: ignore[arg-type]
+    return buffers, owner
+
+
+def with_offsets(steps: list[Step], owner: list[tuple[int, str]], offsets: list[int]) -> list[Step]:
+    """A copy of `steps` with the offsets of the buffers `residencies` returned written into
+    the loads and computes that open them."""
     placed = [Step(s.kind, s.tensor, s.offset, s.op, dict(s.offsets) if s.offsets is not None else None)
               for s in steps]
     for (i, t), off in zip(owner, offsets):
@@ -195,7 +206,7 @@ def _place(problem: Problem, steps: list[Step]) -> tuple[Bytes, list[Step]]:
     for s in placed:
         if s.kind == "compute" and s.offsets is None:
             s.offsets = {}
-    return arena, placed
+    return placed
 
 
 def _one_op_at_a_time(problem: Problem, order: list[str]) -> list[Step]:

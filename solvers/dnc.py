@@ -455,18 +455,7 @@ def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list
     search. Returns the steps with offsets (None when they do not fit) and, per step, by
     how many bytes the best greedy packing overflows the capacity there."""
     a, cap = problem.target.alignment, problem.capacity
-    bufs: list[alloc.Buffer] = []
-    where: list[tuple[int, str]] = []  # per buffer: the step that opened it and its tensor
-    open_: dict[str, int] = {}
-    for i, s in enumerate(steps):
-        new = [s.tensor] if s.kind == "load" else (
-            [t for t in problem.graph.op(s.op).outputs if t in problem.sizes] if s.kind == "compute" else [])
-        for t in new:
-            open_[t] = len(bufs)  # type: ignore[index]
-            bufs.append(alloc.Buffer(t, i, len(steps) + 1, problem.sizes[t], a))  # type: ignore[arg-type,index]
-            where.append((i, t))  # type: ignore[arg-type]
-        if s.kind == "free":
-            bufs[open_.pop(s.tensor)].upper = i + 1  # type: ignore[arg-type]
+    bufs, where = baselines.residencies(problem, steps)
     offsets = alloc.greedy(bufs, a)
     excess = [0] * (len(steps) + 1)
     if alloc.height(bufs, offsets) > cap:
@@ -474,14 +463,8 @@ def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list
         if r.offsets is None:
             for b, off in zip(bufs, offsets):
                 if off + b.size > cap:
-                    for i in range(b.lower, b.upper):
+                    for i in range(b.lower, b.upper + 1):  # the free step too
                         excess[i] = max(excess[i], off + b.size - cap)
             return None, excess
         offsets = r.offsets
-    out = [Step(s.kind, tensor=s.tensor, op=s.op, offsets={} if s.kind == "compute" else None) for s in steps]
-    for (i, t), off in zip(where, offsets):
-        if out[i].kind == "load":
-            out[i].offset = off
-        else:
-            out[i].offsets[t] = off  # type: ignore[index]
-    return out, excess
+    return baselines.with_offsets(steps, where, offsets), excess
