@@ -20,12 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from solvers.alloc import (Params, best_fit, cpsat_solve, greedy_by_size, height, load,  # noqa: E402
+from planner.solvers.alloc import (Params, best_fit, cpsat_solve, greedy_by_size, height, load,  # noqa: E402
                            minimize, read_csv, solve)
-from solvers.alloc_check import validate  # noqa: E402
-from solvers.alloc_search import _library  # noqa: E402
+from planner.solvers.alloc_check import validate  # noqa: E402
+from planner.solvers.alloc_search import _library  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "benchmarks" / "minimalloc" / "challenging"
+DATA = ROOT / "benchmarks" / "data" / "minimalloc" / "challenging"
 MINIMALLOC_MS = {"A": 4910, "B": 3661, "C": 637, "D": 2674, "E": 3717, "F": 5358, "G": 1181, "H": 1808, "I": 3908,
                  "J": 883, "K": 628}  # upstream slides, p. 22
 SWITCHES = ("canonical_only", "section_inference", "unallocated_floor", "monotonic_floor", "check_dominance",

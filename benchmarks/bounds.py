@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import models  # noqa: E402
+from planner import models  # noqa: E402
 from benchmarks.common import write  # noqa: E402
 from planner import bounds as B  # noqa: E402
 from planner.api import load_graph, resolve_target  # noqa: E402

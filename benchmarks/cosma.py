@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import models  # noqa: E402
+from planner import models  # noqa: E402
 from benchmarks.common import RESULTS, write  # noqa: E402
-from frontends.fx import load_module  # noqa: E402
+from planner.frontends.fx import load_module  # noqa: E402
 from planner import bounds as B  # noqa: E402
 from planner.ir import get_target  # noqa: E402
 from planner.problem import Problem  # noqa: E402
-from runtime.simulator import simulate  # noqa: E402
-from solvers import baselines, exact  # noqa: E402
+from planner.runtime.simulator import simulate  # noqa: E402
+from planner.solvers import baselines, exact  # noqa: E402
 
 HUMAN = ("resnet50", "densenet121", "resnext50_32x4d", "r2plus1d_18", "s3d", "fcn_resnet50",
          "lraspp_mobilenet_v3_large", "deeplabv3_resnet50", "transformer", "vit_b_16")

@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import models  # noqa: E402
+from planner import models  # noqa: E402
 from benchmarks.common import write  # noqa: E402
-from frontends import dynamo  # noqa: E402
+from planner.frontends import dynamo  # noqa: E402
 
 # (model, batch, input shape override): sizes that matter on a GPU, and CPU sizes that finish on 2 cores.
 CUDA_CASES = [("resnet50", 64, None), ("densenet121", 64, None), ("vit_b_16", 64, None), ("gpt2", 8, (8, 1024))]

@@ -23,8 +23,8 @@ from benchmarks.cosma import lower  # noqa: E402
 from planner import bounds as B, schedule as S  # noqa: E402
 from planner.ir import get_target  # noqa: E402
 from planner.problem import Problem  # noqa: E402
-from runtime.simulator import simulate  # noqa: E402
-from solvers import baselines, dnc, exact  # noqa: E402
+from planner.runtime.simulator import simulate  # noqa: E402
+from planner.solvers import baselines, dnc, exact  # noqa: E402
 
 NAS = ("nasnet_a_mobile", "amoebanet_a", "pnasnet5", "darts_v2", "randwire_ws")
 BASELINES = (("file-belady", "file", "belady"), ("file-greedy", "file", "greedy"),

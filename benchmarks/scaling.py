@@ -48,8 +48,8 @@ def layered_dag(n: int, seed: int = 0) -> Graph:
 def randwire(n: int) -> Graph:
     import onnx
 
-    from frontends.onnx import load_onnx
-    from models.nas.randwire import randwire_onnx
+    from planner.frontends.onnx import load_onnx
+    from planner.models.nas.randwire import randwire_onnx
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"randwire_{n}.onnx"
@@ -58,8 +58,8 @@ def randwire(n: int) -> Graph:
 
 
 def case(graph: Graph, time_limit: float, exact_limit: float, exact_max_ops: int, workers: int) -> dict:
-    from runtime.simulator import simulate
-    from solvers import dnc, exact
+    from planner.runtime.simulator import simulate
+    from planner.solvers import dnc, exact
 
     target = get_target("cosma-int8")
     t0 = time.perf_counter()

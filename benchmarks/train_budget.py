@@ -32,10 +32,10 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import models  # noqa: E402
+from planner import models  # noqa: E402
 from benchmarks.common import RESULTS, write  # noqa: E402
-from frontends.train import compile_train, replay_peak  # noqa: E402
-from models.gpt2 import gpt2  # noqa: E402
+from planner.frontends.train import compile_train, replay_peak  # noqa: E402
+from planner.models.gpt2 import gpt2  # noqa: E402
 
 
 def cases() -> dict[str, tuple[Callable[[], torch.nn.Module], Callable, Callable[[], tuple]]]:
@@ -63,7 +63,7 @@ def cases() -> dict[str, tuple[Callable[[], torch.nn.Module], Callable, Callable
 
 
 def _vit() -> torch.nn.Module:
-    from models.vit import VisionTransformer
+    from planner.models.vit import VisionTransformer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

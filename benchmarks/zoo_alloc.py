@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, write  # noqa: E402
 from planner.api import plan  # noqa: E402
-from runtime.simulator import simulate  # noqa: E402
-from solvers import alloc  # noqa: E402
+from planner.runtime.simulator import simulate  # noqa: E402
+from planner.solvers import alloc  # noqa: E402
 
 HUMAN = ("resnet50", "densenet121", "resnext50_32x4d", "r2plus1d_18", "s3d", "fcn_resnet50",
          "lraspp_mobilenet_v3_large", "deeplabv3_resnet50", "transformer", "vit_b_16")

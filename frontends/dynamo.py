@@ -119,7 +119,7 @@ def planner_backend(gm: Any, example_inputs: list, *, options: dict[str, Any] | 
 
     if _wants_training(_mode(options or {}), gm, example_inputs, torch):  # its options are frontends.train's
         try:
-            from frontends.train import compile_train
+            from planner.frontends.train import compile_train
         except ImportError as e:
             return _fallback(gm, f"training graphs need frontends.train ({e})", bool((options or {}).get("strict")))
         return compile_train(gm, example_inputs, dict(options or {}))
@@ -178,9 +178,9 @@ class PlannedGraph:
     @staticmethod
     def compile(gm: Any, example_inputs: list, opts: Options) -> PlannedGraph:
         import planner
-        from frontends.fx import lower_graph_module
+        from planner.frontends.fx import lower_graph_module
         from planner.ir import get_target
-        from runtime.torch_executor import TorchExecutor
+        from planner.runtime.torch_executor import TorchExecutor
 
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         params = [k for k, n in enumerate(placeholders) if _is_parameter(n, example_inputs[k])]

@@ -58,8 +58,8 @@ from torch.fx import GraphModule, Node
 from torch.fx.node import map_aggregate, map_arg
 from torch.fx.passes.shape_prop import ShapeProp
 
-from frontends.fx_rewrites import Rewrites
-from frontends.fx_rules import (ACTIVATIONS, AFFINE, ANCHORS, BATCH_NORMS, DATA_DEPENDENT, DROPOUTS, NO_OP_MOVES,
+from planner.frontends.fx_rewrites import Rewrites
+from planner.frontends.fx_rules import (ACTIVATIONS, AFFINE, ANCHORS, BATCH_NORMS, DATA_DEPENDENT, DROPOUTS, NO_OP_MOVES,
                                 SMALL, VIEWS, Meta, ModuleCall, Ref, arg_of, callable_of, canon, data_arg, flops,
                                 in_place, is_random, meta_of, run_steps, type_name)
 from planner.errors import BadInput, UnsupportedModel

@@ -23,7 +23,7 @@ from torch.fx import Graph as FxGraph
 from torch.fx import Node
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from frontends.fx_rules import (ALIASING, BATCH_NORMS, FOLDS_BN, IN_PLACE_OPERATORS, CloneFirst, Meta, Method,
+from planner.frontends.fx_rules import (ALIASING, BATCH_NORMS, FOLDS_BN, IN_PLACE_OPERATORS, CloneFirst, Meta, Method,
                                 ModuleCall, arg_of, canon, is_transposed, meta_of, type_name)
 from planner.errors import UnsupportedModel
 

@@ -189,7 +189,7 @@ def _partition(joint: fx.GraphModule, joint_inputs: Any, *, opts: TrainOptions, 
         log.warning("planner: cannot plan this graph (%s); using torch's min-cut partition", e)
         report.fallback = str(e)
         return P.min_cut_rematerialization_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kwargs)
-    from solvers import remat
+    from planner.solvers import remat
 
     params = remat.Params(time_limit=opts.time_limit, method=opts.solver, offload=opts.offload,
                           recompute=opts.recompute)
@@ -313,7 +313,7 @@ class _Timeline:
         self.bwd_out = {k for a in flat[self.num_fwd_outputs:] if isinstance(a, fx.Node) for k in self.keys[a]}
 
     def problem(self, budget: Bytes) -> Any:
-        from solvers.remat import RematProblem, Value
+        from planner.solvers.remat import RematProblem, Value
 
         end, nf = len(self.steps), self.n_forward
         base = [0] * (end + 1)

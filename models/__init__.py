@@ -69,37 +69,37 @@ def _lazy(module: str, fn: str) -> Callable[[], nn.Module]:
 
 _IMAGE, _SMALL = (1, 3, 224, 224), (1, 3, 64, 64)
 ZOO: dict[str, ZooEntry] = {e.name: e for e in (
-    ZooEntry("resnet50", "classification", _lazy("models.resnet", "resnet50"), _IMAGE, 25_557_032, _SMALL,
+    ZooEntry("resnet50", "classification", _lazy("planner.models.resnet", "resnet50"), _IMAGE, 25_557_032, _SMALL,
              "torchvision resnet50 (v1.5)"),
-    ZooEntry("densenet121", "classification", _lazy("models.densenet", "densenet121"), _IMAGE, 7_978_856, _SMALL,
+    ZooEntry("densenet121", "classification", _lazy("planner.models.densenet", "densenet121"), _IMAGE, 7_978_856, _SMALL,
              "torchvision densenet121"),
-    ZooEntry("resnext50_32x4d", "classification", _lazy("models.resnet", "resnext50_32x4d"), _IMAGE, 25_028_904,
+    ZooEntry("resnext50_32x4d", "classification", _lazy("planner.models.resnet", "resnext50_32x4d"), _IMAGE, 25_028_904,
              _SMALL, "torchvision resnext50_32x4d"),
-    ZooEntry("mobilenet_v2", "classification", _lazy("models.mobilenet", "mobilenet_v2"), _IMAGE, 3_504_872, _SMALL,
+    ZooEntry("mobilenet_v2", "classification", _lazy("planner.models.mobilenet", "mobilenet_v2"), _IMAGE, 3_504_872, _SMALL,
              "torchvision mobilenet_v2, width 1.0"),
-    ZooEntry("vit_b_16", "classification", _lazy("models.vit", "vit_b_16"), _IMAGE, 86_567_656, _IMAGE,
+    ZooEntry("vit_b_16", "classification", _lazy("planner.models.vit", "vit_b_16"), _IMAGE, 86_567_656, _IMAGE,
              "torchvision vit_b_16; the position embedding fixes the input at 224x224"),
-    ZooEntry("r2plus1d_18", "video", _lazy("models.video", "r2plus1d_18"), (1, 3, 16, 112, 112), 31_505_325,
+    ZooEntry("r2plus1d_18", "video", _lazy("planner.models.video", "r2plus1d_18"), (1, 3, 16, 112, 112), 31_505_325,
              (1, 3, 8, 32, 32), "torchvision r2plus1d_18; 16 frames of 112x112 (its Kinetics-400 clip size)"),
-    ZooEntry("s3d", "video", _lazy("models.video", "s3d"), (1, 3, 16, 224, 224), 8_320_048, (1, 3, 14, 224, 224),
+    ZooEntry("s3d", "video", _lazy("planner.models.video", "s3d"), (1, 3, 16, 224, 224), 8_320_048, (1, 3, 14, 224, 224),
              "torchvision s3d; its AvgPool3d((2, 7, 7)) needs at least 14 frames of 209x209, so 16 of 224x224"),
-    ZooEntry("fcn_resnet50", "segmentation", _lazy("models.segmentation", "fcn_resnet50"), (1, 3, 520, 520),
+    ZooEntry("fcn_resnet50", "segmentation", _lazy("planner.models.segmentation", "fcn_resnet50"), (1, 3, 520, 520),
              35_322_218, _SMALL, "torchvision fcn_resnet50 with the aux head (as its published weights); "
              "520x520 is its eval resize; outputs (out, aux)"),
-    ZooEntry("deeplabv3_resnet50", "segmentation", _lazy("models.segmentation", "deeplabv3_resnet50"),
+    ZooEntry("deeplabv3_resnet50", "segmentation", _lazy("planner.models.segmentation", "deeplabv3_resnet50"),
              (1, 3, 520, 520), 42_004_074, _SMALL, "torchvision deeplabv3_resnet50 with the aux head (as its "
              "published weights); 520x520 is its eval resize; outputs (out, aux)"),
-    ZooEntry("lraspp_mobilenet_v3_large", "segmentation", _lazy("models.segmentation", "lraspp_mobilenet_v3_large"),
+    ZooEntry("lraspp_mobilenet_v3_large", "segmentation", _lazy("planner.models.segmentation", "lraspp_mobilenet_v3_large"),
              (1, 3, 520, 520), 3_221_538, _SMALL, "torchvision lraspp_mobilenet_v3_large; 520x520 is its eval resize"),
-    ZooEntry("transformer", "translation", _lazy("models.transformer", "transformer"), (1, 128, 512), 44_140_544,
+    ZooEntry("transformer", "translation", _lazy("planner.models.transformer", "transformer"), (1, 128, 512), 44_140_544,
              (1, 16, 512), "nn.Transformer base (d_model 512, 8 heads, 6+6 layers, FFN 2048), the body only: "
              "inputs are embedded src and tgt (N, S, 512), no masks; the count excludes embeddings", num_inputs=2),
-    ZooEntry("gpt2", "language", _lazy("models.gpt2", "gpt2"), (1, 1024), 124_439_808, (1, 32),
+    ZooEntry("gpt2", "language", _lazy("planner.models.gpt2", "gpt2"), (1, 1024), 124_439_808, (1, 32),
              "GPT-2 small (12 layers, width 768, 12 heads), LM head tied to the token embedding; input: 1024 token "
              "ids, output: logits", vocab=50257),
 )}
 
-from models.nas import ENTRIES as _NAS_ENTRIES  # noqa: E402 - needs ZooEntry, defined above
+from planner.models.nas import ENTRIES as _NAS_ENTRIES  # noqa: E402 - needs ZooEntry, defined above
 
 ZOO.update((e.name, e) for e in _NAS_ENTRIES)
 

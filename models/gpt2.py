@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import seeded
+from planner.models import seeded
 
 
 class CausalSelfAttention(nn.Module):

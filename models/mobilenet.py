@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models import seeded
+from planner.models import seeded
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:

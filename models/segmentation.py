@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import seeded
-from models.mobilenet import MobileNetV3
-from models.resnet import resnet50_backbone
+from planner.models import seeded
+from planner.models.mobilenet import MobileNetV3
+from planner.models.resnet import resnet50_backbone
 
 
 class FCNHead(nn.Sequential):

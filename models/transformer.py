@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import seeded
+from planner.models import seeded
 
 
 class TransformerBase(nn.Module):

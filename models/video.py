@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models import seeded
+from planner.models import seeded
 
 
 class Conv2Plus1D(nn.Sequential):

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from models import seeded
+from planner.models import seeded
 
 
 class MLPBlock(nn.Sequential):

@@ -42,13 +42,13 @@ def load_graph(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if path.suffix.lower() == ".onnx" or path.exists() or os.sep in str(model):
-            from frontends.onnx import load_onnx
+            from planner.frontends.onnx import load_onnx
 
             return load_onnx(path, shapes=shapes, fuse=fuse, name=name)
         return _load_zoo(str(model), fuse=fuse, decompose_attention=decompose_attention)
     type_name = type(model).__module__ + "." + type(model).__name__
     if type_name == "onnx.onnx_ml_pb2.ModelProto" or type(model).__name__ == "ModelProto":
-        from frontends.onnx import load_onnx
+        from planner.frontends.onnx import load_onnx
 
         return load_onnx(model, shapes=shapes, fuse=fuse, name=name)
     import torch
@@ -56,7 +56,7 @@ def load_graph(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple
     if isinstance(model, torch.nn.Module):
         if inputs is None:
             raise BadInput("a torch model needs example inputs: plan(model, inputs=(x,), ...)")
-        from frontends import fx
+        from planner.frontends import fx
 
         if isinstance(model, torch.fx.GraphModule) and not hasattr(model, "_graph_signature"):
             return fx.load_graph_module(model, inputs, fuse=fuse, decompose_attention=decompose_attention, name=name)
@@ -66,11 +66,11 @@ def load_graph(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple
 
 def _load_zoo(name: str, *, fuse: bool, decompose_attention: bool) -> Graph:
     try:
-        import models
+        from planner import models
     except ImportError:  # the zoo is an optional part of the install
         raise BadInput(f"{name!r} is not a file, and the model zoo is not installed") from None
     entry = models.get(name)  # raises BadInput naming the known models
-    from frontends.fx import load_module
+    from planner.frontends.fx import load_module
 
     return load_module(entry.build().eval(), models.example_inputs(entry), fuse=fuse,
                        decompose_attention=decompose_attention, name=name)
@@ -163,7 +163,7 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
             candidates.append({"solver": name, "error": str(e)})
             continue
         if validate or p.metrics is None:
-            from runtime.simulator import simulate
+            from planner.runtime.simulator import simulate
 
             p.metrics = simulate(p, graph, problem.target, check_metrics=False).metrics
         candidates.append({"solver": name, "noncompulsory_bytes": p.metrics.noncompulsory_bytes,

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_zoo_export)
 
     p = sub.add_parser("alloc", help="pack buffers with fixed lifetimes (MiniMalloc CSV) into the least memory")
-    from solvers.alloc import add_arguments as alloc_arguments  # the flags mirror solvers.alloc_search.Params
+    from planner.solvers.alloc import add_arguments as alloc_arguments  # the flags mirror solvers.alloc_search.Params
 
     alloc_arguments(p)
     p.set_defaults(run=cmd_alloc)
@@ -256,7 +256,7 @@ def cmd_bounds(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from planner.api import load_graph
     from planner.plan import Plan
-    from runtime.simulator import PlanViolation, simulate
+    from planner.runtime.simulator import PlanViolation, simulate
 
     p = Plan.load(args.plan)
     graph = load_graph(args.model, target=args.target, shapes=dict(args.shape) or None, fuse=args.fuse)
@@ -269,7 +269,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     summary = {"valid": True, **{k: getattr(m, k) for k in m.__dataclass_fields__},
                "latency_seconds": report.latency.seconds, "steps": len(p.steps)}
     lines = [
-        f"plan        {args.plan}: valid ({len(p.steps)} steps, every rule of DESIGN §3 holds)",
+        f"plan        {args.plan}: valid ({len(p.steps)} steps, every rule of docs/DESIGN.md §3 holds)",
         f"traffic     {_b(m.traffic_bytes)}: compulsory {m.compulsory_bytes:,} B, non-compulsory {m.noncompulsory_bytes:,} B",
         f"memory      peak {_b(m.peak_bytes)}, arena {_b(m.arena_bytes)}, recomputed ops {m.recomputed_ops}",
         f"latency     {report.latency.seconds * 1e3:.3f} ms (roofline estimate)",
@@ -297,7 +297,7 @@ def cmd_solvers(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_list(args: argparse.Namespace) -> int:
-    import models
+    from planner import models
     from planner.api import bounds
 
     if not args.json:
@@ -319,7 +319,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_export(args: argparse.Namespace) -> int:
-    import models
+    from planner import models
 
     _check_writable(args.output)
     models.get(args.name)  # an unknown name fails before the slow import of the exporter
@@ -330,7 +330,7 @@ def cmd_zoo_export(args: argparse.Namespace) -> int:
 
 
 def cmd_alloc(args: argparse.Namespace) -> int:
-    from solvers.alloc import run
+    from planner.solvers.alloc import run
 
     _check_writable(args.output)
     return run(args)
@@ -338,7 +338,7 @@ def cmd_alloc(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from planner.plan import Plan
-    from runtime.show import draw
+    from planner.runtime.show import draw
 
     _check_writable(args.output)
     draw(Plan.load(args.plan), args.output)
@@ -353,7 +353,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import pickle
 
     from planner.plan import Plan
-    from runtime import export
+    from planner.runtime import export
 
     fmt = args.format or next((f for f, suffix in EXPORTS.items() if args.output.endswith(suffix)), None)
     if fmt is None:
@@ -369,7 +369,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         import onnx
 
-        from frontends.onnx import name_nodes
+        from planner.frontends.onnx import name_nodes
 
         try:
             model = onnx.load(args.model)

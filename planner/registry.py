@@ -15,17 +15,17 @@ from planner.problem import Problem
 
 # name -> (module, Params keyword arguments, one-line description)
 SOLVERS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "file-belady": ("solvers.baselines", {"order": "file", "replacement": "belady"},
+    "file-belady": ("planner.solvers.baselines", {"order": "file", "replacement": "belady"},
                     "COSMA baseline: file order, Belady eviction, TFLite greedy-by-size offsets"),
-    "file-greedy": ("solvers.baselines", {"order": "file", "replacement": "greedy"},
+    "file-greedy": ("planner.solvers.baselines", {"order": "file", "replacement": "greedy"},
                     "COSMA baseline: file order, locally cheapest evictions, TFLite offsets"),
-    "minpeak-belady": ("solvers.baselines", {"order": "minpeak", "replacement": "belady"},
+    "minpeak-belady": ("planner.solvers.baselines", {"order": "minpeak", "replacement": "belady"},
                        "COSMA baseline: min-peak order (DP), Belady eviction, TFLite offsets"),
-    "minpeak-greedy": ("solvers.baselines", {"order": "minpeak", "replacement": "greedy"},
+    "minpeak-greedy": ("planner.solvers.baselines", {"order": "minpeak", "replacement": "greedy"},
                        "COSMA baseline: min-peak order (DP), locally cheapest evictions, TFLite offsets"),
-    "exact": ("solvers.exact", {},
+    "exact": ("planner.solvers.exact", {},
               "order + replacement MIP (HiGHS) with exact offsets; optimal or feasible with a proven gap"),
-    "dnc": ("solvers.dnc", {"workers": 2},
+    "dnc": ("planner.solvers.dnc", {"workers": 2},
             "divide and conquer for large graphs: min-peak order cut into segments, each solved exactly, stitched"),
 }
 PORTFOLIOS: dict[str, tuple[str, ...]] = {

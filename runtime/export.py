@@ -19,7 +19,7 @@ from typing import Any
 
 from planner.errors import BadInput
 from planner.plan import Plan
-from runtime.simulator import Report, simulate
+from planner.runtime.simulator import Report, simulate
 
 __all__ = ["chrome_trace", "memory_snapshot", "annotate_onnx"]
 

@@ -16,7 +16,7 @@ from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from planner.plan import Plan  # noqa: E402
-from runtime.simulator import simulate  # noqa: E402
+from planner.runtime.simulator import simulate  # noqa: E402
 
 COLOURS = {"input": "#4c78a8", "weight": "#72b7b2", "activation": "#f58518", "output": "#54a24b"}
 

@@ -45,7 +45,7 @@ import torch
 
 from torch.fx.node import map_aggregate
 
-from frontends.fx_rules import Ref, run_steps
+from planner.frontends.fx_rules import Ref, run_steps
 from planner.errors import BadInput
 from planner.ir import Graph, Op
 from planner.plan import Plan

@@ -31,8 +31,8 @@ from typing import Callable
 import numpy as np
 
 from planner.errors import BadInput
-from solvers.alloc_check import validate
-from solvers.alloc_search import FOUND, NOT_FOUND, Params, search
+from planner.solvers.alloc_check import validate
+from planner.solvers.alloc_search import FOUND, NOT_FOUND, Params, search
 
 __all__ = ["Buffer", "AllocResult", "Params", "greedy_by_size", "best_fit", "greedy", "load", "aligned_load", "height",
            "solve", "minimize", "cpsat_solve", "read_csv", "write_csv", "validate", "add_arguments", "run"]
@@ -328,7 +328,7 @@ def minimize(buffers: list[Buffer], params: Params | None = None) -> AllocResult
 def cpsat_solve(buffers: list[Buffer], capacity: int | None = None, time_limit: float | None = None,
                 workers: int = 2) -> AllocResult:
     """The CP-SAT cross-check; see solvers/alloc_cpsat.py."""
-    from solvers.alloc_cpsat import cpsat_solve as _cpsat
+    from planner.solvers.alloc_cpsat import cpsat_solve as _cpsat
 
     return _cpsat(buffers, capacity, time_limit, workers)
 

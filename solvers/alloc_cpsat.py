@@ -10,8 +10,8 @@ import time
 
 from ortools.sat.python import cp_model
 
-from solvers.alloc import AllocResult, Buffer, greedy, height, load
-from solvers.alloc_check import validate
+from planner.solvers.alloc import AllocResult, Buffer, greedy, height, load
+from planner.solvers.alloc_check import validate
 
 
 def cpsat_solve(buffers: list[Buffer], capacity: int | None = None, time_limit: float | None = None,

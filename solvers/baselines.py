@@ -25,7 +25,7 @@ from planner.bounds import check_budget, min_peak
 from planner.ir import Bytes
 from planner.plan import Plan, SolverInfo, Step
 from planner.problem import Problem, align_up
-from solvers.alloc import Buffer, greedy_by_size
+from planner.solvers.alloc import Buffer, greedy_by_size
 
 NAMES = ("file-belady", "file-greedy", "minpeak-belady", "minpeak-greedy")
 

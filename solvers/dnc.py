@@ -44,8 +44,8 @@ from planner.bounds import check_budget, min_peak
 from planner.ir import Graph, Op, Tensor
 from planner.plan import Plan, SolverInfo, Step
 from planner.problem import Problem, align_up
-from solvers import alloc, baselines
-from solvers import exact as exact_solver
+from planner.solvers import alloc, baselines
+from planner.solvers import exact as exact_solver
 
 __all__ = ["Params", "solve"]
 

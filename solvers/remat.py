@@ -428,7 +428,7 @@ def _milp(p: RematProblem, terms: _Terms, params: Params, hint: dict[str, str] |
     """The 0-1 programme on the terms: the least added time within the budget, or with
     `minimise_peak` the least modelled peak. Returns (choice or None, solver info); the info's
     status is "infeasible" when the programme proves no choice fits."""
-    from solvers.exact import backends
+    from planner.solvers.exact import backends
 
     m = backends.Model()
     unit = max(1, 2 ** math.ceil(math.log2(max(1, int(terms.seg_base.max()) + sum(v.nbytes for v in p.values))

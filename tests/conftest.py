@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import models
-from models import ZooEntry
+from planner import models
+from planner.models import ZooEntry
 
 
 @dataclass

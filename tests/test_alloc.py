@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.errors import BadInput
-from solvers.alloc import (Buffer, Params, aligned_load, best_fit, cpsat_solve, greedy, greedy_by_size, height, load,
+from planner.solvers.alloc import (Buffer, Params, aligned_load, best_fit, cpsat_solve, greedy, greedy_by_size, height, load,
                            minimize, read_csv, solve, write_csv)
-from solvers.alloc import add_arguments, run
-from solvers.alloc_check import InvalidPacking, validate
-from solvers.alloc_search import _library
+from planner.solvers.alloc import add_arguments, run
+from planner.solvers.alloc_check import InvalidPacking, validate
+from planner.solvers.alloc_search import _library
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "minimalloc"
+DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "minimalloc"
 SWITCHES = ("canonical_only", "section_inference", "unallocated_floor", "monotonic_floor", "check_dominance",
             "dynamic_ordering", "decomposition", "symmetry_breaking", "hatless_pruning", "static_preordering")
 ENGINES = [True, False] if _library() is not None else [False]

@@ -8,7 +8,7 @@ import pytest
 import planner
 from planner.errors import BadInput, Infeasible
 from planner.plan import Plan
-from runtime.simulator import simulate
+from planner.runtime.simulator import simulate
 from tests.graphs import chain
 
 LIGHT = sorted((Path(onnx.__file__).parent / "backend" / "test" / "data" / "light").glob("light_*.onnx"))

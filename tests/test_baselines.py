@@ -7,8 +7,8 @@ from planner import bounds
 from planner.errors import Infeasible
 from planner.ir import Target
 from planner.problem import Problem
-from runtime.simulator import simulate
-from solvers import baselines
+from planner.runtime.simulator import simulate
+from planner.solvers import baselines
 from tests.graphs import build, chain, random_dags
 
 POLICIES = [(o, r) for o in ("file", "minpeak") for r in ("belady", "greedy")]

@@ -8,8 +8,8 @@ from planner import bounds, registry
 from planner.ir import Target
 from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
-from runtime.simulator import simulate
-from solvers import baselines, dnc, exact
+from planner.runtime.simulator import simulate
+from planner.solvers import baselines, dnc, exact
 from tests.graphs import random_dags
 
 T = Target("t", capacity=10**9, alignment=64, element_bytes=1)

@@ -11,8 +11,8 @@ import warnings
 import pytest
 import torch
 
-import models
-from frontends import dynamo
+from planner import models
+from planner.frontends import dynamo
 from planner.errors import BadInput, Infeasible, UnsupportedModel
 
 
@@ -148,7 +148,7 @@ def test_training_graphs_go_to_compile_train(monkeypatch) -> None:
     def compile_train(gm, example_inputs, options):
         calls.append(options)
         return gm.forward
-    monkeypatch.setitem(sys.modules, "frontends.train", types.SimpleNamespace(compile_train=compile_train))
+    monkeypatch.setitem(sys.modules, "planner.frontends.train", types.SimpleNamespace(compile_train=compile_train))
     model, x = torch.nn.Linear(4, 2), torch.randn(3, 4)
     options = {"memory_budget": "1MiB", "recompute": True}  # a training-only key passes through
     out = torch.compile(model, backend="planner", options=options)(x)

@@ -1,4 +1,4 @@
-"""solvers.exact (issue 4): every plan replays in the simulator, the optimum equals a brute
+"""planner.solvers.exact (issue 4): every plan replays in the simulator, the optimum equals a brute
 force on graphs small enough to enumerate, never more traffic than the baselines, and a
 status and gap that tell the truth under a tiny time limit."""
 import heapq
@@ -14,8 +14,8 @@ from planner import bounds as B
 from planner.errors import Infeasible
 from planner.ir import Target
 from planner.problem import Problem
-from runtime.simulator import simulate
-from solvers import baselines, exact
+from planner.runtime.simulator import simulate
+from planner.solvers import baselines, exact
 from tests.graphs import build, chain, random_dags
 
 T1 = Target("t", 1, alignment=1, element_bytes=1)
@@ -157,7 +157,7 @@ def test_densenet121_light_is_optimal_at_m_h():
 
     import onnx
 
-    from frontends.onnx import load_onnx
+    from planner.frontends.onnx import load_onnx
 
     path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_densenet121.onnx"
     g = load_onnx(path, fuse=True)
@@ -199,8 +199,8 @@ def test_optimum_equals_brute_force(graph, extra):
 @given(pressured_dags(), st.integers(0, 2), st.sampled_from(["belady", "greedy"]))
 def test_warm_start_is_a_feasible_point_of_the_model(graph, extra, replacement):
     # encode() makes a baseline plan canonical; every row of both models must hold for it
-    from solvers.exact import decode
-    from solvers.exact.model import Flags, build
+    from planner.solvers.exact import decode
+    from planner.solvers.exact.model import Flags, build
 
     r, _, p_ = budgets(graph)
     pr = problem(graph, min(r + extra, p_))
@@ -216,7 +216,7 @@ def test_warm_start_is_a_feasible_point_of_the_model(graph, extra, replacement):
 @given(pressured_dags(), st.integers(0, 2), st.booleans())
 def test_spine_relaxation_bounds_every_order(graph, extra, redo):
     # each chain's relaxation, solved to optimality, is at most the brute-force optimum
-    from solvers.exact import backends, stages
+    from planner.solvers.exact import backends, stages
 
     r, _, p_ = budgets(graph)
     pr = problem(graph, min(r + extra, p_), allow_recompute=redo, recompute_weight=0.01)

@@ -12,9 +12,9 @@ from planner.cli import main
 from planner.ir import TARGETS
 from planner.plan import Plan
 from planner.problem import Problem
-from runtime.export import annotate_onnx, chrome_trace, memory_snapshot
-from runtime.simulator import simulate
-from solvers import baselines
+from planner.runtime.export import annotate_onnx, chrome_trace, memory_snapshot
+from planner.runtime.simulator import simulate
+from planner.solvers import baselines
 from tests.graphs import build
 
 RESNET = Path(__file__).resolve().parent.parent / "examples" / "resnet50.onnx"

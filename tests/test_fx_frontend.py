@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import frontends.fx
-from frontends.fx import load_module, lower_graph_module, lower_module, run_graph
+import planner.frontends.fx
+from planner.frontends.fx import load_module, lower_graph_module, lower_module, run_graph
 from planner.errors import BadInput, UnsupportedModel
 from planner.ir import TARGETS
 from planner.problem import Problem
@@ -326,7 +326,7 @@ def test_dynamic_shapes_are_bad_input():
 
 
 def test_docstring_example():
-    assert doctest.testmod(frontends.fx).failed == 0
+    assert doctest.testmod(planner.frontends.fx).failed == 0
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +351,7 @@ def test_agrees_with_onnx_route(name, fuse, onnx_files):
     writes a Linear on a 3-D input as MatMul then Add (Gemm takes 2-D only), so the ONNX graph
     also holds each MatMul's output before its bias, a tensor torch's linear (one addmm, as
     ONNX's own 2-D Gemm) never makes. Fused, that Add folds back into the MatMul."""
-    from frontends.onnx import load_onnx
+    from planner.frontends.onnx import load_onnx
 
     m, x = build(name)
     fx_acts, fx_mr = figures(load_module(m, x, fuse=fuse, decompose_attention=True))

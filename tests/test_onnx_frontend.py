@@ -11,7 +11,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from frontends.onnx import load_onnx
+from planner.frontends.onnx import load_onnx
 from planner.errors import BadInput, UnsupportedModel
 from planner.ir import TARGETS
 from planner.problem import Problem

@@ -1,4 +1,4 @@
-"""solvers.remat on small hand-made problems (issue 8): peaks, choices, random ops, infeasibility."""
+"""planner.solvers.remat on small hand-made problems (issue 8): peaks, choices, random ops, infeasibility."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from planner.errors import Infeasible
 import itertools
 
-from solvers.remat import KEEP, OFFLOAD, RECOMPUTE, Params, RematProblem, Value, evaluate, min_peak, solve
+from planner.solvers.remat import KEEP, OFFLOAD, RECOMPUTE, Params, RematProblem, Value, evaluate, min_peak, solve
 
 
 def chain(random_b: bool = False) -> RematProblem:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from planner.ir import Graph, Op, Target, Tensor
 from planner.plan import Metrics, Plan, SolverInfo, Step
 from planner.problem import Problem
-from runtime.simulator import RULES, PlanViolation, Residency, simulate
+from planner.runtime.simulator import RULES, PlanViolation, Residency, simulate
 
 
 def make_graph(name: str, ops: list[tuple[str, list[str], list[str], int]], sizes: dict[str, int],

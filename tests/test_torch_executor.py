@@ -13,16 +13,16 @@ from typing import Any, Callable
 import pytest
 import torch
 
-import models
+from planner import models
 import planner
-from frontends.fx import Lowered, lower_module
+from planner.frontends.fx import Lowered, lower_module
 from planner import bounds
 from planner.errors import BadInput
 from planner.ir import get_target
 from planner.plan import Plan, SolverInfo, Step
 from planner.problem import Problem
-from runtime.simulator import simulate
-from runtime.torch_executor import TorchExecutor, _Ordering
+from planner.runtime.simulator import simulate
+from planner.runtime.torch_executor import TorchExecutor, _Ordering
 
 TARGET = get_target("gpu-fp32")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models
-from frontends.train import compile_train
-from models.gpt2 import gpt2
+from planner import models
+from planner.frontends.train import compile_train
+from planner.models.gpt2 import gpt2
 from planner.errors import BadInput, Infeasible
 
 
@@ -137,7 +137,7 @@ def torch_min_cut_peak(model, loss_fn, args, ratio: float) -> int:
     from torch._functorch import config
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
-    from frontends.train import _compilers, replay_peak
+    from planner.frontends.train import _compilers, replay_peak
 
     peaks = []
 

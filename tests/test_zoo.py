@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import models
-from frontends import fx as fx_frontend
-from frontends import onnx as onnx_frontend
-from models import ZOO
+from planner import models
+from planner.frontends import fx as fx_frontend
+from planner.frontends import onnx as onnx_frontend
+from planner.models import ZOO
 from planner.errors import BadInput
 from planner.ir import TARGETS, Graph
 from planner.problem import Problem
@@ -28,7 +28,7 @@ def test_param_count_is_published(name):
 
 @pytest.mark.parametrize("aux, params", [(True, 35_322_218), (False, 32_957_013)])
 def test_fcn_params_with_and_without_aux(aux, params):
-    from models.segmentation import fcn_resnet50
+    from planner.models.segmentation import fcn_resnet50
 
     assert sum(p.numel() for p in fcn_resnet50(aux=aux).parameters()) == params
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from frontends.onnx import load_onnx
-from models.nas import ENTRIES
-from models.nas.nasnet import Network
-from models.nas.pnasnet import PNASNET_5
-from models.nas.randwire import ws_dag
+from planner import models
+from planner.frontends.onnx import load_onnx
+from planner.models.nas import ENTRIES
+from planner.models.nas.nasnet import Network
+from planner.models.nas.pnasnet import PNASNET_5
+from planner.models.nas.randwire import ws_dag
 
 # name -> (our parameter count, the published one, its source)
 COUNTS = {

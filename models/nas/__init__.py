@@ -15,15 +15,15 @@ from typing import Callable
 
 from torch import nn
 
-from models import ZooEntry
+from planner.models import ZooEntry
 
 
 def _lazy(module: str, fn: str) -> Callable[[], nn.Module]:
     # the modules load on first build, so `import models` stays cheap
     def build() -> nn.Module:
-        return getattr(importlib.import_module(f"models.nas.{module}"), fn)()
+        return getattr(importlib.import_module(f"planner.models.nas.{module}"), fn)()
 
-    build.__qualname__ = build.__name__ = f"models.nas.{module}.{fn}"
+    build.__qualname__ = build.__name__ = f"planner.models.nas.{module}.{fn}"
     return build
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from models import seeded
-from models.nas.nasnet import CellSpec, Network
-from models.nas.ops import calibrate_bn
+from planner.models import seeded
+from planner.models.nas.nasnet import CellSpec, Network
+from planner.models.nas.ops import calibrate_bn
 
 AMOEBANET_A_NORMAL = CellSpec(
     ('avg_pool_3x3', 'max_pool_3x3', 'separable_3x3_2', 'none', 'none', 'avg_pool_3x3', 'separable_3x3_2',

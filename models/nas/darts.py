@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from models import seeded
-from models.nas.ops import FactorizedReduce, calibrate_bn, conv_bn, relu_conv_bn, relu_sep_bn, sep_conv
+from planner.models import seeded
+from planner.models.nas.ops import FactorizedReduce, calibrate_bn, conv_bn, relu_conv_bn, relu_sep_bn, sep_conv
 
 
 class Genotype(NamedTuple):

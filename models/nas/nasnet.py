@@ -27,8 +27,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from models import seeded
-from models.nas.ops import FactorizedReduce, calibrate_bn, conv_bn, relu_conv_bn, sep_conv
+from planner.models import seeded
+from planner.models.nas.ops import FactorizedReduce, calibrate_bn, conv_bn, relu_conv_bn, sep_conv
 
 BN_EPS = 1e-3  # TF-slim batch_norm epsilon
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from models import seeded
-from models.nas.nasnet import CellSpec, Network
-from models.nas.ops import calibrate_bn
+from planner.models import seeded
+from planner.models.nas.nasnet import CellSpec, Network
+from planner.models.nas.ops import calibrate_bn
 
 PNASNET_5 = CellSpec(
     ('separable_5x5_2', 'max_pool_3x3', 'separable_7x7_2', 'max_pool_3x3', 'separable_5x5_2', 'separable_3x3_2',

@@ -26,8 +26,8 @@ import networkx as nx
 import torch
 from torch import nn
 
-from models import seeded
-from models.nas.ops import calibrate_bn, conv_bn, relu_conv_bn, relu_sep_bn
+from planner.models import seeded
+from planner.models.nas.ops import calibrate_bn, conv_bn, relu_conv_bn, relu_sep_bn
 
 
 def ws_dag(n: int, k: int, p: float, seed: int) -> list[list[int]]:

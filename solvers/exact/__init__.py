@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from planner.bounds import check_budget, min_peak
 from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
-from solvers import baselines
-from solvers.exact import backends, decode, orders as order_model, stages
-from solvers.exact.model import Flags, build, windows
+from planner.solvers import baselines
+from planner.solvers.exact import backends, decode, orders as order_model, stages
+from planner.solvers.exact.model import Flags, build, windows
 
 __all__ = ["Params", "solve"]
 
@@ -308,7 +308,7 @@ def _relaxed_bound(problem: Problem, params: Params, flags: Flags, order: list[s
 
 def _cost(problem: Problem, plan: Plan) -> float:
     """The objective: non-compulsory bytes, plus recompute_weight per recomputed FLOP."""
-    from runtime.simulator import simulate
+    from planner.runtime.simulator import simulate
 
     m = simulate(plan, problem.graph, problem.target, check_metrics=False).metrics
     if not problem.allow_recompute:

@@ -122,7 +122,7 @@ def _isolated(args: tuple, timeout: float | None):
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
         src.write_bytes(pickle.dumps(args))
-        code = f"from solvers.exact.backends import _child; _child({str(src)!r}, {str(dst)!r})"
+        code = f"from planner.solvers.exact.backends import _child; _child({str(src)!r}, {str(dst)!r})"
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
         try:
             proc.wait(timeout=timeout)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from planner.plan import Step
 from planner.problem import Problem
-from solvers.alloc import Buffer, greedy_by_size
-from solvers.exact.model import Formulation
+from planner.solvers.alloc import Buffer, greedy_by_size
+from planner.solvers.exact.model import Formulation
 
 FITS, NO_FIT, UNKNOWN = "fits", "no fit", "unknown"
 
@@ -118,7 +118,7 @@ def place(problem: Problem, bufs: list[Buffer], time_limit: float) -> tuple[str,
 
 def exact_fit(bufs: list[Buffer], cap: int, time_limit: float) -> tuple[str, list[int] | None]:
     """The exact allocator (solvers.alloc.solve: greedy, then MiniMalloc-style search)."""
-    from solvers import alloc
+    from planner.solvers import alloc
 
     if not bufs:
         return FITS, []

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 from planner.problem import Problem, align_up
-from solvers.exact.backends import Model
+from planner.solvers.exact.backends import Model
 
 
 @dataclass

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 from planner.problem import Problem, align_up
-from solvers.exact.backends import Model
+from planner.solvers.exact.backends import Model
 
 
 def ancestors(problem: Problem) -> dict[str, int]:

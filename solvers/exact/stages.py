@@ -29,9 +29,9 @@ from __future__ import annotations
 import math
 
 from planner.problem import Problem, align_up
-from solvers.exact.backends import Model
-from solvers.exact.model import _lin
-from solvers.exact.orders import ancestors
+from planner.solvers.exact.backends import Model
+from planner.solvers.exact.model import _lin
+from planner.solvers.exact.orders import ancestors
 
 
 def spines(problem: Problem) -> list[list[str]]:
