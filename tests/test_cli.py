@@ -332,14 +332,15 @@ def test_exact_decimal_sizes():
 
 
 def test_readme_commands_run_as_written(tmp_path):
-    """Item 9: every `planner ...` line of README's Use section runs on the bundled model
-    (`model.onnx` there is examples/resnet50.onnx), in order, with exit 0."""
+    """Item 9: every `planner ...` line of README's Use section runs as written, in order,
+    from a directory that holds the repository's examples/ and benchmarks/ (files the
+    commands write land there, not in the clone)."""
     readme = (ROOT / "README.md").read_text()
     use = readme.split("## Use", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     commands = [line.split("  #")[0].split() for line in use.splitlines() if line.startswith("planner ")]
     assert len(commands) >= 8
-    (tmp_path / "model.onnx").write_bytes(RESNET.read_bytes())
-    (tmp_path / "buffers.csv").write_text("id,lower,upper,size\na,0,2,4\nb,1,3,8\nc,2,4,4\n")
+    for folder in ("examples", "benchmarks"):
+        (tmp_path / folder).symlink_to(ROOT / folder)
     for argv in commands:
         r = subprocess.run([sys.executable, "-m", "planner", *argv[1:]], cwd=tmp_path, capture_output=True,
                            text=True, timeout=600)
