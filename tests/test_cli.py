@@ -331,6 +331,7 @@ def test_exact_decimal_sizes():
         parse_bytes("1.000000000000000001")  # a float reads it as exactly 1.0
 
 
+@pytest.mark.slow  # a dozen fresh processes: about a minute
 def test_readme_commands_run_as_written(tmp_path):
     """Item 9: every `planner ...` line of README's Use section runs as written, in order,
     from a directory that holds the repository's examples/ and benchmarks/ (files the
