@@ -105,7 +105,7 @@ COMMANDS = {
     "alloc time limit 0": (["alloc", DATA / "fixed_collide.csv", "--time-limit", "0"], 1, "above 0"),
     "budget 2.001 B": (["plan", TINY, "--budget", "2.001B"], 1, "not a whole number"),
     "no broadcast": (["plan", DATA / "no_broadcast.onnx", "--budget", "1MiB"], 1, "[1,8,16,16] and [1,3,5,7]"),
-    "budget below M_R": (["plan", TINY, "--budget", "127", "-o", "{tmp}/p.json"], 2, "Relu first"),
+    "budget below M_R": (["plan", TINY, "--budget", "127", "-o", "{tmp}/p.json"], 2, "M_R = 128 B, set by op 'first' (Relu;"),
 }
 
 

@@ -82,7 +82,7 @@ def test_budget_below_m_r_exits_2_naming_op_and_minimum(capsys, tmp_path):
     out = tmp_path / "p.json"
     code, _, err = cli(capsys, "plan", RESNET, "--budget", "1MiB", "-o", out)
     line = one_line_error(err)
-    assert code == 2 and "M_R = 2,408,448 B" in line and "set by op Sum n14" in line
+    assert code == 2 and "M_R = 2408448 B" in line and "set by op 'n14' (Sum;" in line
     assert not out.exists()
 
 
