@@ -187,9 +187,9 @@ class _Progress:
         if self.bar is not None:
             self.bar.set_description_str(message)
 
-    def step(self, message: str) -> None:
+    def step(self) -> None:
+        """One of `total` done."""
         if self.bar is not None:
-            self.bar.set_description_str(message, refresh=False)
             self.bar.update(1)
 
     def print(self, line: str) -> None:
@@ -418,7 +418,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
               f"{'M_P (B)':>12s}  M_P is")
     with _Progress(args, "zoo", total=len(names)) as progress:
         for name in names:
-            progress.step(name)
+            progress(name)
             entry = models.get(name)
             g, b = bounds(name, target=args.target, time_limit=args.time_limit)
             params = sum(p.numel() for p in entry.build().parameters())
@@ -428,6 +428,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
             progress.print(json.dumps(row) if args.json else
                            f"{name:26s} {entry.task:14s} {params:>11,} {shape:>16s} {len(g.ops):>5d} {b.m_r:>12,} "
                            f"{b.m_p:>12,}  {'exact' if b.m_p_exact else 'upper bound'}")
+            progress.step()
     return 0
 
 
