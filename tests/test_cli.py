@@ -220,8 +220,9 @@ def test_ctrl_c_one_line_130_and_the_isolated_child_dies_with_its_parent(how, tm
     import signal
     import time
 
+    # TMPDIR: a parent killed by SIGKILL cannot remove the child's temporary directory.
     proc = subprocess.Popen([sys.executable, "-c", SLOW_SOLVE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env={**os.environ, "TMPDIR": str(tmp_path)})
     deadline = time.monotonic() + 60
     while not (kids := _children(proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
