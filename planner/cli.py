@@ -249,9 +249,13 @@ def _write_atomic(path: str, text: str | bytes) -> None:
         raise
 
 
+def _op_type(ops: Any, name: str) -> str | None:
+    return next((o.type for o in ops if o.name == name), None)
+
+
 def _op_label(ops: Any, name: str) -> str:
     """'Add n14': an op's type before its name, so users can find it in their model."""
-    kind = next((o.type for o in ops if o.name == name), None)
+    kind = _op_type(ops, name)
     return name if kind is None else f"{kind} {name}"
 
 
@@ -284,7 +288,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     assert m is not None
     m_r_op = _op_label(p.ops, b["M_R_op"])
     summary = {"model": p.model, "target": p.target.name, "budget_bytes": p.target.capacity, "M_R": b["M_R"],
-               "M_R_op": m_r_op, "M_P": b["M_P"], "M_P_exact": b["M_P_exact"], "M_H": b["M_H"],
+               "M_R_op": b["M_R_op"], "M_R_op_type": _op_type(p.ops, b["M_R_op"]), "M_P": b["M_P"], "M_P_exact": b["M_P_exact"], "M_H": b["M_H"],
                **{k: getattr(m, k) for k in m.__dataclass_fields__}, "solver": s.name, "status": s.status,
                "gap": s.gap, "solver_seconds": round(s.seconds, 4), "seconds": round(seconds, 3),
                "ops": len(p.ops), "tensors": len(p.tensors), "steps": len(p.steps), "output": args.output}
@@ -317,7 +321,7 @@ def cmd_bounds(args: argparse.Namespace) -> int:
     tensors = sum(target.tracks(t) for t in g.tensors.values())  # what `plan` counts: the plan's tensors
     m_r_op = _op_label(g.ops, b.m_r_op)
     summary = {"model": g.name, "target": args.target, "ops": len(g.ops), "tensors": tensors, "M_R": b.m_r,
-               "M_R_op": m_r_op, "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h,
+               "M_R_op": b.m_r_op, "M_R_op_type": _op_type(g.ops, b.m_r_op), "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h,
                "compulsory_bytes": b.compulsory, "seconds": round(seconds, 3)}
     lines = [
         f"model       {g.name}: {len(g.ops)} ops, {tensors} tensors in fast memory, target {args.target}",

@@ -316,7 +316,7 @@ def test_op_types_in_names_and_one_tensor_count(capsys):
     b = json.loads(text)
     code2, text, _ = cli(capsys, "plan", RESNET, "--budget", "M_H", "--json")
     p = json.loads(text)
-    assert code == code2 == 0 and b["M_R_op"] == p["M_R_op"] == "Sum n14"
+    assert code == code2 == 0 and b["M_R_op"] == p["M_R_op"] == "n14" and b["M_R_op_type"] == p["M_R_op_type"] == "Sum"
     assert b["tensors"] == p["tensors"] == 90
     code, text, _ = cli(capsys, "bounds", RESNET)
     assert "set by Sum n14" in text and "90 tensors in fast memory" in text
