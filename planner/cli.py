@@ -379,7 +379,8 @@ def _simulation_target(args: argparse.Namespace, p: Any, graph: Any) -> Any:
         mine, theirs = getattr(p.target, field), getattr(named, field)
         if mine != theirs:
             raise PlanViolation(None, "plan/graph mismatch", "target",
-                                f"plan says {field} {mine!r}; target {named.name} has {theirs!r}")
+                                f"plan says {field} {mine!r}; target {named.name} has {theirs!r} "
+                                f"(--target names the target the plan was made for)")
     capacity = p.target.capacity
     if args.budget is not None:
         problem = Problem(graph, named)
