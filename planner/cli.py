@@ -26,7 +26,8 @@ EXIT_CODES = """exit codes:
   3  time limit reached with no plan
   4  the plan breaks a rule (planner simulate)
   5  internal error (rerun with PLANNER_DEBUG=1 for the traceback)
-  130 interrupted (Ctrl-C); nothing is written"""
+  130 interrupted (Ctrl-C); nothing is written
+  141 the reader of stdout went away (e.g. `| head -1`); stops quietly, as Unix tools do"""
 
 
 class _Parser(argparse.ArgumentParser):
