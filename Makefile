@@ -1,6 +1,7 @@
 # Two entry points (README): `make demo` installs and plans the bundled model,
-# `make test` installs and runs the tests. torch==2.13.0 goes first so that pip takes
-# the local CPU build instead of pulling CUDA packages for the range in pyproject.
+# `make test` installs and runs the tests (all of them: the default set, then -m slow).
+# torch==2.13.0 goes first so that pip takes the local CPU build instead of pulling CUDA
+# packages for the range in pyproject.
 PY ?= python3
 
 .PHONY: install demo test
@@ -12,5 +13,7 @@ install:
 demo: install
 	$(PY) -m planner plan examples/resnet50.onnx --budget M_H -o plan.json
 
+# The default set first (a few minutes), then the zoo-wide and end-to-end cases marked slow.
 test: install
 	$(PY) -m pytest
+	$(PY) -m pytest -m slow

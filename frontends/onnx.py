@@ -49,6 +49,9 @@ AFFINE = {"Add", "Sub", "Mul", "Div"}  # epilogues only when the other operand i
 MOVES = {"Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND", "ScatterND",
          "ScatterElements", "Pad", "Expand", "Tile", "Cast", "CastLike", "DepthToSpace", "SpaceToDepth",
          "ConstantOfShape", "Range", "Shape", "Size", "Trilu", "Compress", "OneHot"}
+BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Where", "And", "Or", "Xor",
+             "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "BitShift", "BitwiseAnd", "BitwiseOr",
+             "BitwiseXor", "PRelu"}  # numpy-style multidirectional broadcasting (PRelu: slope to X)
 POOLS = {"MaxPool", "AveragePool", "LpPool"}
 NORMS = {"LayerNormalization", "InstanceNormalization", "GroupNormalization", "MeanVarianceNormalization",
          "Softmax", "LogSoftmax", "Hardmax"}  # about 5 passes over the output
@@ -474,8 +477,23 @@ class _Lowering:
         self._add(name, "weight")
         return name
 
+    def _check_broadcast(self, node: onnx.NodeProto) -> None:
+        """Shape inference (not strict) lets an Add of [1,8,16,16] and [1,3,5,7] through with
+        some output shape; such a model cannot run, so it is bad input, not a plan."""
+        if node.op_type not in BROADCAST or any(a.name == "broadcast" for a in node.attribute):  # opset < 7
+            return
+        shapes = [self.consts.shape(i) for i in node.input if i]
+        if any(s is None for s in shapes):
+            return
+        try:
+            np.broadcast_shapes(*shapes)
+        except ValueError:
+            shown = " and ".join(f"[{','.join(map(str, s))}]" for s in shapes)
+            raise BadInput(f"node {node.name!r} ({node.op_type}): input shapes {shown} do not broadcast") from None
+
     def _add_op(self, node: onnx.NodeProto) -> None:
         name = node.name
+        self._check_broadcast(node)
         names = node.input[:1] if node.op_type in VIEWS else [i for i in node.input if i]  # a view kept as a copy
         for i in names:
             if i in self.views:

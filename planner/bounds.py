@@ -44,8 +44,9 @@ def check_budget(problem: Problem) -> None:
     """Raises Infeasible, naming the op and M_R, when the budget is below M_R."""
     need, op = m_r(problem)
     if problem.capacity < need:
-        raise Infeasible(f"budget {problem.capacity} B is below M_R = {need} B, set by op {op!r} "
-                         f"(its inputs and outputs must be resident together)", op=op, minimum=need)
+        kind = problem.graph.op(op).type  # the type too: users find 'n14' in their model as a Sum
+        raise Infeasible(f"budget {problem.capacity} B is below M_R = {need} B, set by op {op!r} ({kind}; "
+                         f"its inputs and outputs must be resident together)", op=op, minimum=need)
 
 
 def live_bytes(problem: Problem, order: list[str]) -> list[Bytes]:

@@ -1,7 +1,8 @@
 """`planner` command line: each subcommand maps onto one API function.
 
 Errors are one line on stderr with a documented exit code; tracebacks only with
-PLANNER_DEBUG=1.
+PLANNER_DEBUG=1. Slow commands show one updating progress line on stderr (tqdm) when
+stdout is a terminal and the output is not JSON, so pipes and `--json` stay clean.
 """
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from planner.errors import BadInput, PlannerError
-from planner.units import format_bytes
+from planner.units import format_bytes, seconds_arg
 
 EXIT_CODES = """exit codes:
   0  success
@@ -23,7 +25,9 @@ EXIT_CODES = """exit codes:
   2  infeasible budget (the message names the op that sets M_R and the smallest budget)
   3  time limit reached with no plan
   4  the plan breaks a rule (planner simulate)
-  5  internal error (rerun with PLANNER_DEBUG=1 for the traceback)"""
+  5  internal error (rerun with PLANNER_DEBUG=1 for the traceback)
+  130 interrupted (Ctrl-C); nothing is written
+  141 the reader of stdout went away (e.g. `| head -1`); stops quietly, as Unix tools do"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--budget", required=True, help="bytes (2MiB, 1.5MB, 65536) or M_R, M_H, M_P")
     p.add_argument("--solver", default="auto", help="solver or portfolio name (see `planner solvers`)")
-    p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the whole solve (default 60)")
+    p.add_argument("--time-limit", type=seconds_arg, default=60.0, help="seconds for the whole solve (default 60)")
     p.add_argument("--fixed-order", action="store_true", help="keep the model's op order")
     p.add_argument("--allow-recompute", action="store_true", help="lost activations may be recomputed")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the simulator replay")
@@ -76,13 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bounds", help="M_R, M_P, M_H and compulsory traffic of a model")
     _model_args(p)
-    p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the M_P search (default 60)")
+    p.add_argument("--time-limit", type=seconds_arg, default=60.0, help="seconds for the M_P search (default 60)")
     p.set_defaults(run=cmd_bounds)
 
     p = sub.add_parser("simulate", help="replay a plan and check every rule", epilog=EXIT_CODES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(p)
     p.add_argument("plan", help="plan JSON (planner-plan/1)")
+    p.add_argument("--budget", help="the budget the plan must keep (bytes or M_R, M_H, M_P); default: the "
+                   "plan's own capacity, checked only against the model's needs")
     p.set_defaults(run=cmd_simulate)
 
     p = sub.add_parser("solvers", help="list solvers and target presets")
@@ -93,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = zoo.add_parser("list", help="every zoo model with its size and bounds")
     p.add_argument("names", nargs="*", help="only these models (default: all)")
     p.add_argument("--target", default="cosma-int8", help="target for the bounds (default cosma-int8)")
-    p.add_argument("--time-limit", type=float, default=5.0, help="seconds for each model's M_P search (default 5)")
+    p.add_argument("--time-limit", type=seconds_arg, default=5.0,
+                   help="seconds for each model's M_P search (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
     p.set_defaults(run=cmd_zoo_list)
     p = zoo.add_parser("export", help="export a zoo model to ONNX")
@@ -111,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="draw a plan's allocation map and live bytes")
     p.add_argument("plan", help="plan JSON (planner-plan/1)")
-    p.add_argument("-o", "--output", required=True, help="image file (.png, .svg, .pdf)")
+    p.add_argument("-o", "--output", required=True, help="image file (.png, .svg, .pdf, .jpg, .eps, ...)")
     p.set_defaults(run=cmd_show)
 
     p = sub.add_parser("export", help="write a plan for an existing viewer (Perfetto, PyTorch memory_viz, Netron)")
@@ -132,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     t0 = time.perf_counter()
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # `planner ... | head -1`: stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit's own flush must not fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
     except PlannerError as e:
         print(f"planner: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -148,16 +161,59 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- helpers ---------------------------------------------------------------------------
 
-def _progress(args: argparse.Namespace) -> Callable[[str], None] | None:
-    """Progress lines on stderr when it is a terminal and the summary is not JSON."""
-    if args.json or not sys.stderr.isatty():
-        return None
-    t0 = time.perf_counter()
-    return lambda msg: print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", file=sys.stderr)
+class _Progress:
+    """One progress line on stderr that rewrites itself (tqdm), for commands that can take
+    more than a couple of seconds. Silent when stdout or stderr is not a terminal or with
+    `--json`, so nothing but the result reaches a pipe. Called with a message (the
+    `progress=` callback of `planner.api.plan`), it replaces the line's text; `step()`
+    advances a counted bar (`total`). A timer thread keeps the elapsed time moving while
+    the work itself is silent."""
+
+    def __init__(self, args: argparse.Namespace, text: str, total: int | None = None):
+        self.bar = None
+        if getattr(args, "json", False) or not (sys.stdout.isatty() and sys.stderr.isatty()):
+            return
+        from tqdm import tqdm
+
+        fmt = "{desc} [{elapsed}]" if total is None else "{desc} {n_fmt}/{total_fmt} {bar} [{elapsed}<{remaining}]"
+        self.bar = tqdm(total=total, desc=text, file=sys.stderr, leave=False, bar_format=fmt, dynamic_ncols=True)
+        self._stop = threading.Event()
+        threading.Thread(target=self._tick, daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            self.bar.refresh()
+
+    def __call__(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(message)
+
+    def step(self) -> None:
+        """One of `total` done."""
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def print(self, line: str) -> None:
+        """Prints a result line to stdout above the progress line, which redraws below it."""
+        if self.bar is None:
+            print(line, flush=True)
+        else:
+            with self.bar.external_write_mode():
+                print(line, flush=True)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self._stop.set()
+            self.bar.close()  # leave=False: the line is erased before the summary prints
 
 
 def _check_writable(path: str | None) -> None:
-    """Fails before any work if `path` cannot be written (no partial files later)."""
+    """Fails before any work if `path` cannot be written (no partial files later): a
+    temporary file is created and removed beside it, which also catches /proc and /sys,
+    where permission bits say writable and creating a file fails."""
     if path is None:
         return
     p = Path(path)
@@ -166,21 +222,42 @@ def _check_writable(path: str | None) -> None:
         raise BadInput(f"output path {path} is a directory")
     if not parent.is_dir():
         raise BadInput(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    if p.exists() and not os.access(p, os.W_OK):
         raise BadInput(f"cannot write {path}: permission denied")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".planner-", suffix=".tmp")
+    except OSError as e:
+        raise BadInput(f"cannot write {path}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _write_atomic(path: str, text: str | bytes) -> None:
-    """Writes via a temporary file in the same directory, so a failure leaves no partial file."""
+    """Writes via a temporary file in the same directory, so a failure leaves no partial
+    file. mkstemp makes the file 0600; it gets the mode open() would give (0666 less the
+    user's umask), as `Plan.save` and every other tool do."""
     parent = Path(path).parent
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".planner-", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _op_type(ops: Any, name: str) -> str | None:
+    return next((o.type for o in ops if o.name == name), None)
+
+
+def _op_label(ops: Any, name: str) -> str:
+    """'Add n14': an op's type before its name, so users can find it in their model."""
+    kind = _op_type(ops, name)
+    return name if kind is None else f"{kind} {name}"
 
 
 def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:
@@ -201,24 +278,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     _check_writable(args.output)
     t0 = time.perf_counter()
-    p = plan(args.model, args.budget, target=args.target, solver=args.solver, time_limit=args.time_limit,
-             shapes=dict(args.shape) or None, fuse=args.fuse, fixed_order=args.fixed_order,
-             allow_recompute=args.allow_recompute, validate=args.validate, progress=_progress(args))
+    with _Progress(args, f"planning {args.model}") as progress:
+        p = plan(args.model, args.budget, target=args.target, solver=args.solver, time_limit=args.time_limit,
+                 shapes=dict(args.shape) or None, fuse=args.fuse, fixed_order=args.fixed_order,
+                 allow_recompute=args.allow_recompute, validate=args.validate, progress=progress)
     seconds = time.perf_counter() - t0
     if args.output:
         _write_atomic(args.output, json.dumps(p.to_json(), indent=1))
     m, s, b = p.metrics, p.solver, p.extra["budgets"]
     assert m is not None
+    m_r_op = _op_label(p.ops, b["M_R_op"])
     summary = {"model": p.model, "target": p.target.name, "budget_bytes": p.target.capacity, "M_R": b["M_R"],
-               "M_R_op": b["M_R_op"], "M_P": b["M_P"], "M_P_exact": b["M_P_exact"], "M_H": b["M_H"],
+               "M_R_op": b["M_R_op"], "M_R_op_type": _op_type(p.ops, b["M_R_op"]), "M_P": b["M_P"], "M_P_exact": b["M_P_exact"], "M_H": b["M_H"],
                **{k: getattr(m, k) for k in m.__dataclass_fields__}, "solver": s.name, "status": s.status,
                "gap": s.gap, "solver_seconds": round(s.seconds, 4), "seconds": round(seconds, 3),
-               "ops": len(p.ops), "steps": len(p.steps), "output": args.output}
+               "ops": len(p.ops), "tensors": len(p.tensors), "steps": len(p.steps), "output": args.output}
     mp_label = "exact" if b["M_P_exact"] else "upper bound"
     lines = [
-        f"model           {p.model}: {len(p.ops)} ops, {len(p.tensors)} tensors, target {p.target.name}",
+        f"model           {p.model}: {len(p.ops)} ops, {len(p.tensors)} tensors in fast memory, target {p.target.name}",
         f"budget          {_b(p.target.capacity)}",
-        f"M_R / M_H / M_P {b['M_R']:,} / {b['M_H']:,} / {b['M_P']:,} B (M_R set by {b['M_R_op']}; M_P {mp_label})",
+        f"M_R / M_H / M_P {b['M_R']:,} / {b['M_H']:,} / {b['M_P']:,} B (M_R set by {m_r_op}; M_P {mp_label})",
         f"traffic         {_b(m.traffic_bytes)}: compulsory {m.compulsory_bytes:,} B, "
         f"non-compulsory {m.noncompulsory_bytes:,} B",
         f"memory          peak {_b(m.peak_bytes)}, arena {_b(m.arena_bytes)}, recomputed ops {m.recomputed_ops}",
@@ -232,18 +311,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_bounds(args: argparse.Namespace) -> int:
-    from planner.api import bounds
+    from planner.api import bounds, resolve_target
 
     t0 = time.perf_counter()
-    g, b = bounds(args.model, target=args.target, shapes=dict(args.shape) or None, fuse=args.fuse,
-                  time_limit=args.time_limit)
+    with _Progress(args, f"bounds of {args.model}"):
+        g, b = bounds(args.model, target=args.target, shapes=dict(args.shape) or None, fuse=args.fuse,
+                      time_limit=args.time_limit)
     seconds = time.perf_counter() - t0
-    summary = {"model": g.name, "target": args.target, "ops": len(g.ops), "tensors": len(g.tensors), "M_R": b.m_r,
-               "M_R_op": b.m_r_op, "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h,
+    target = resolve_target(args.target)
+    tensors = sum(target.tracks(t) for t in g.tensors.values())  # what `plan` counts: the plan's tensors
+    m_r_op = _op_label(g.ops, b.m_r_op)
+    summary = {"model": g.name, "target": args.target, "ops": len(g.ops), "tensors": tensors, "M_R": b.m_r,
+               "M_R_op": b.m_r_op, "M_R_op_type": _op_type(g.ops, b.m_r_op), "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h,
                "compulsory_bytes": b.compulsory, "seconds": round(seconds, 3)}
     lines = [
-        f"model       {g.name}: {len(g.ops)} ops, {len(g.tensors)} tensors, target {args.target}",
-        f"M_R         {_b(b.m_r)}, set by {b.m_r_op}",
+        f"model       {g.name}: {len(g.ops)} ops, {tensors} tensors in fast memory, target {args.target}",
+        f"M_R         {_b(b.m_r)}, set by {m_r_op}",
         f"M_P         {_b(b.m_p)} ({'exact' if b.m_p_exact else 'upper bound: best schedule found'})",
         f"M_H         {_b(b.m_h)}",
         f"compulsory  {_b(b.compulsory)}",
@@ -259,12 +342,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from planner.runtime.simulator import PlanViolation, simulate
 
     p = Plan.load(args.plan)
-    graph = load_graph(args.model, target=args.target, shapes=dict(args.shape) or None, fuse=args.fuse)
-    try:
-        report = simulate(p, graph, p.target)
-    except PlanViolation as e:
-        print(f"planner: plan rejected: {e}", file=sys.stderr)
-        return 4
+    with _Progress(args, f"replaying {args.plan}"):
+        graph = load_graph(args.model, target=args.target, shapes=dict(args.shape) or None, fuse=args.fuse)
+        try:
+            target = _simulation_target(args, p, graph)
+            report = simulate(p, graph, target)
+        except PlanViolation as e:
+            subject = _op_label(graph.ops, e.subject)
+            where = "plan" if e.step is None else f"step {e.step}"
+            print(f"planner: plan rejected: {where}: {e.rule}: {subject}: {e.detail}", file=sys.stderr)
+            return 4
     m = report.metrics
     summary = {"valid": True, **{k: getattr(m, k) for k in m.__dataclass_fields__},
                "latency_seconds": report.latency.seconds, "steps": len(p.steps)}
@@ -276,6 +363,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     ]
     _emit(args, summary, lines)
     return 0
+
+
+def _simulation_target(args: argparse.Namespace, p: Any, graph: Any) -> Any:
+    """The target the replay uses: the one the user names, never the plan's own block, whose
+    sizing fields must agree with it (a plan edited to alignment 1 or element_bytes 0 is a
+    violation, not a valid plan); the capacity is `--budget` when given, which the plan's
+    must equal, else the plan's. Tensor sizes then come from the model under this target."""
+    from planner import bounds as _bounds
+    from planner.api import resolve_budget, resolve_target
+    from planner.problem import Problem
+    from planner.runtime.simulator import PlanViolation
+
+    named = resolve_target(args.target)
+    for field in ("alignment", "element_bytes", "float_bytes", "track_weights"):
+        mine, theirs = getattr(p.target, field), getattr(named, field)
+        if mine != theirs:
+            raise PlanViolation(None, "plan/graph mismatch", "target",
+                                f"plan says {field} {mine!r}; target {named.name} has {theirs!r} "
+                                f"(--target names the target the plan was made for)")
+    capacity = p.target.capacity
+    if args.budget is not None:
+        problem = Problem(graph, named)
+        capacity = resolve_budget(args.budget, problem, lambda: _bounds.budgets(problem))
+        if p.target.capacity != capacity:
+            raise PlanViolation(None, "plan/graph mismatch", "target",
+                                f"plan says capacity {p.target.capacity:,} B; --budget {args.budget} is {capacity:,} B")
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity <= 0:
+        raise PlanViolation(None, "plan/graph mismatch", "target", f"plan says capacity {capacity!r}; need bytes > 0")
+    return named.with_capacity(capacity)
 
 
 def cmd_solvers(args: argparse.Namespace) -> int:
@@ -300,21 +416,25 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
     from planner import models
     from planner.api import bounds
 
+    names = args.names or list(models.ZOO)
+    for name in names:
+        models.get(name)  # an unknown name fails before the slow work
     if not args.json:
         print(f"{'model':26s} {'task':14s} {'params':>11s} {'input':>16s} {'ops':>5s} {'M_R (B)':>12s} "
               f"{'M_P (B)':>12s}  M_P is")
-    for name in args.names or models.ZOO:
-        entry = models.get(name)
-        g, b = bounds(name, target=args.target, time_limit=args.time_limit)
-        params = sum(p.numel() for p in entry.build().parameters())
-        shape = "x".join(map(str, entry.input_shape)) + (f" x{entry.num_inputs}" if entry.num_inputs > 1 else "")
-        row = {"model": name, "task": entry.task, "params": params, "input": shape, "ops": len(g.ops),
-               "M_R": b.m_r, "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h}
-        if args.json:
-            print(json.dumps(row), flush=True)
-        else:
-            print(f"{name:26s} {entry.task:14s} {params:>11,} {shape:>16s} {len(g.ops):>5d} {b.m_r:>12,} "
-                  f"{b.m_p:>12,}  {'exact' if b.m_p_exact else 'upper bound'}", flush=True)
+    with _Progress(args, "zoo", total=len(names)) as progress:
+        for name in names:
+            progress(name)
+            entry = models.get(name)
+            g, b = bounds(name, target=args.target, time_limit=args.time_limit)
+            params = sum(p.numel() for p in entry.build().parameters())
+            shape = "x".join(map(str, entry.input_shape)) + (f" x{entry.num_inputs}" if entry.num_inputs > 1 else "")
+            row = {"model": name, "task": entry.task, "params": params, "input": shape, "ops": len(g.ops),
+                   "M_R": b.m_r, "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h}
+            progress.print(json.dumps(row) if args.json else
+                           f"{name:26s} {entry.task:14s} {params:>11,} {shape:>16s} {len(g.ops):>5d} {b.m_r:>12,} "
+                           f"{b.m_p:>12,}  {'exact' if b.m_p_exact else 'upper bound'}")
+            progress.step()
     return 0
 
 
@@ -324,7 +444,8 @@ def cmd_zoo_export(args: argparse.Namespace) -> int:
     _check_writable(args.output)
     models.get(args.name)  # an unknown name fails before the slow import of the exporter
     t0 = time.perf_counter()
-    models.export_onnx(args.name, args.output, batch=args.batch, resolution=args.resolution)
+    with _Progress(args, f"exporting {args.name}"):
+        models.export_onnx(args.name, args.output, batch=args.batch, resolution=args.resolution)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size:,} B) in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -340,10 +461,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     from planner.plan import Plan
     from planner.runtime.show import draw
 
+    _check_image_suffix(args.output)
     _check_writable(args.output)
-    draw(Plan.load(args.plan), args.output)
+    with _Progress(args, f"drawing {args.plan}"):
+        draw(Plan.load(args.plan), args.output)
     print(f"wrote {args.output}")
     return 0
+
+
+def _check_image_suffix(path: str) -> None:
+    """matplotlib picks the format from the suffix and fails late on one it lacks (.bmp, .txt)."""
+    from matplotlib.figure import Figure
+
+    kinds = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        raise BadInput(f"cannot draw {path}: its suffix picks the image format; use one of "
+                       f"{', '.join('.' + k for k in sorted(kinds))}")
 
 
 EXPORTS = {"trace": ".json", "snapshot": ".pickle", "onnx": ".onnx"}

@@ -14,7 +14,8 @@ and what is the smallest capacity that fits (`minimize`, with a proven lower bou
 
 Statuses: "optimal" (minimize: capacity == lower bound), "feasible" (a packing fits; for
 minimize the lower bound may be lower), "infeasible" (proven), "timeout" (no packing found
-and nothing proven: never read it as infeasible). Every packing returned has passed
+and nothing proven: never read it as infeasible), "unknown" (`planner alloc --solver
+greedy` only: the heuristics found no packing, which proves nothing). Every packing returned has passed
 solvers/alloc_check.validate.
 """
 from __future__ import annotations
@@ -30,8 +31,9 @@ from typing import Callable
 
 import numpy as np
 
-from planner.errors import BadInput
-from planner.solvers.alloc_check import validate
+from planner.errors import BadInput, Infeasible, PlannerError
+from planner.units import seconds_arg
+from planner.solvers.alloc_check import InvalidPacking, validate
 from planner.solvers.alloc_search import FOUND, NOT_FOUND, Params, search
 
 __all__ = ["Buffer", "AllocResult", "Params", "greedy_by_size", "best_fit", "greedy", "load", "aligned_load", "height",
@@ -211,12 +213,15 @@ def _check_input(buffers: list[Buffer]) -> None:
             raise BadInput(f"buffer {b.id}: fixed offset {b.offset} is negative or not a multiple of {b.alignment}")
 
 
-def _fixed_conflict(buffers: list[Buffer], capacity: int | None) -> bool:
-    """True when the fixed buffers alone overlap or exceed the capacity."""
+def fixed_conflict(buffers: list[Buffer], capacity: int | None) -> str | None:
+    """Why the fixed buffers alone cannot be packed (two overlap while both alive, or one
+    ends above `capacity`), naming them; None when they can."""
     fixed = [b for b in buffers if b.offset is not None]
-    return any(capacity is not None and b.offset + b.size > capacity for b in fixed) or any(
-        a.lower < b.upper and b.lower < a.upper and a.offset < b.offset + b.size and b.offset < a.offset + a.size
-        for i, a in enumerate(fixed) for b in fixed[:i])
+    try:
+        validate(fixed, [b.offset for b in fixed], capacity)
+    except InvalidPacking as e:
+        return str(e)
+    return None
 
 
 def solve(buffers: list[Buffer], capacity: int, params: Params | None = None) -> AllocResult:
@@ -256,7 +261,7 @@ def solve(buffers: list[Buffer], capacity: int, params: Params | None = None) ->
                            max(lb, capacity + 1) if status == "infeasible" else lb, load(buffers),
                            time.monotonic() - start, solver, nodes, backtracks, capacity)
 
-    if lb > capacity or _fixed_conflict(buffers, capacity):
+    if lb > capacity or fixed_conflict(buffers, capacity):
         return result("infeasible", solver="bound")
     if params.greedy_first:
         offsets = greedy(buffers)
@@ -286,7 +291,7 @@ def minimize(buffers: list[Buffer], params: Params | None = None) -> AllocResult
     start = time.monotonic()
     deadline = math.inf if params.time_limit is None else start + params.time_limit
     _check_input(buffers)
-    if _fixed_conflict(buffers, None):
+    if fixed_conflict(buffers, None):
         return AllocResult("infeasible", None, None, 0, load(buffers), time.monotonic() - start, "bound")
     step = 0
     for b in buffers:
@@ -346,9 +351,13 @@ def read_csv(path: str | Path) -> list[Buffer]:
     Raises BadInput naming the file and line of the first bad row."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the header
     except OSError as e:
         raise BadInput(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not a text CSV (it is not UTF-8)") from None
+    if "\0" in text:
+        raise BadInput(f"{path}: not a text CSV (it contains NUL bytes)")
     rows = csv.reader(text.splitlines())
     header = [h.strip().lower() for h in next(rows, [])]
     missing = [h for h in _REQUIRED if h not in header]
@@ -375,6 +384,8 @@ def read_csv(path: str | Path) -> list[Buffer]:
                 num[k] = int(v[k])
             except ValueError:
                 raise BadInput(f"{where}: {k} {v[k]!r} is not an integer") from None
+            if abs(num[k]) >= 2**62:  # the packers add sizes and offsets in int64
+                raise BadInput(f"{where}: {k} {v[k]} is too large (at most 2^62 - 1)")
         b = Buffer(v["id"], num["lower"], num["upper"], num["size"], num.get("alignment", 1), num.get("offset"))
         if b.lower >= b.upper:
             raise BadInput(f"{where}: lower {b.lower} must be below upper {b.upper} (lifetimes are half-open)")
@@ -430,7 +441,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--capacity", help="decide whether everything fits this many bytes (1MiB, 1048576, ...)")
     mode.add_argument("--minimize", action="store_true", help="find the smallest capacity (the default)")
-    parser.add_argument("--time-limit", type=float, default=None, help="seconds; default: no limit")
+    parser.add_argument("--time-limit", type=seconds_arg, default=None, help="seconds; default: no limit")
     parser.add_argument("--solver", choices=("exact", "cpsat", "greedy"), default="exact",
                         help="exact search (default), the CP-SAT cross-check, or the greedy heuristics only")
     parser.add_argument("-o", "--output", help="write the packing as CSV with an offset column")
@@ -444,7 +455,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `planner alloc`; prints one summary line. Exit codes: 0 a packing was found,
-    1 bad input, 2 proven infeasible, 3 time limit with no packing."""
+    1 bad input, 2 proven infeasible (below the lower bound), 3 no packing found and
+    nothing proven (the time limit, or `--solver greedy`, whose failure proves nothing)."""
     from planner.units import parse_bytes
 
     try:
@@ -456,15 +468,22 @@ def run(args: argparse.Namespace) -> int:
         params = Params(time_limit=args.time_limit, preorderings=orders,
                         **{f.name: getattr(args, f.name) for f in fields(Params)
                            if f.type in ("bool", bool) and hasattr(args, f.name)})
+        _check_input(buffers)
+        why = fixed_conflict(buffers, None)
+        if why:  # no capacity fits: say which buffers, rather than a lower bound that means nothing
+            raise Infeasible(f"no capacity fits: fixed offsets collide ({why})")
         start = time.monotonic()
         if args.solver == "cpsat":
             r = cpsat_solve(buffers, capacity, args.time_limit)
         elif args.solver == "greedy":
-            offsets = greedy(buffers)
+            offsets, lb = greedy(buffers), _bound(buffers)
             h = height(buffers, offsets)
             fits = capacity is None or h <= capacity
-            r = AllocResult("feasible" if fits else "timeout", offsets if fits else None, h if fits else None,
-                            load(buffers), load(buffers), time.monotonic() - start, "greedy", capacity=capacity)
+            status = "feasible" if fits else "infeasible" if lb > capacity else "unknown"
+            r = AllocResult(status, offsets if fits else None, h if fits else None,
+                            max(lb, capacity + 1) if status == "infeasible" else lb, load(buffers),
+                            time.monotonic() - start, "greedy" if fits or status == "unknown" else "bound",
+                            capacity=capacity)
         elif capacity is not None:
             r = solve(buffers, capacity, params)
         else:
@@ -473,11 +492,11 @@ def run(args: argparse.Namespace) -> int:
             validate(buffers, r.offsets, capacity)
             if args.output:
                 write_csv(args.output, buffers, r.offsets)
-    except BadInput as e:
+    except PlannerError as e:
         print(f"planner: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     asked = "" if capacity is None else f" asked={capacity}"
     print(f"buffers={len(buffers)} load={r.load}{asked} capacity={r.height if r.height is not None else '-'} "
           f"lower_bound={r.lower_bound} status={r.status} solver={r.solver} nodes={r.nodes} "
           f"backtracks={r.backtracks} seconds={r.seconds:.3f}")
-    return {"infeasible": 2, "timeout": 3}.get(r.status, 0)
+    return {"infeasible": 2, "timeout": 3, "unknown": 3}.get(r.status, 0)

@@ -265,3 +265,26 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert _cli(tmp_path / "missing.csv") == 1
     d = DATA / "challenging" / "D.1048576.csv"
     assert _cli(d, "--capacity", "1000KiB", "--time-limit", "0.01", "--no-greedy-first") in (0, 3)
+
+
+def test_cli_issue13_messages(tmp_path, capsys):
+    """Issue 13 item 17: a byte-order mark is not part of the header; greedy below the
+    lower bound is proven infeasible (exit 2, the bound printed), and a greedy failure
+    above it proves nothing (status unknown, exit 3, never 'timeout')."""
+    bom = tmp_path / "bom.csv"
+    bom.write_text("id,lower,upper,size\na,0,2,4\nb,1,3,8\nc,2,4,4\n", encoding="utf-8-sig")
+    assert bom.read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert [b.id for b in read_csv(bom)] == ["a", "b", "c"]
+    assert _cli(bom, "--solver", "greedy", "--capacity", "12") == 0
+    assert "status=feasible" in capsys.readouterr().out
+    assert _cli(bom, "--solver", "greedy", "--capacity", "11") == 2
+    out = capsys.readouterr().out
+    assert "status=infeasible" in out and "lower_bound=12" in out
+    # Found by a random search: the best greedy packing needs 9 B, LOAD and the optimum are 8.
+    tricky = tmp_path / "tricky.csv"
+    tricky.write_text("id,lower,upper,size\na,2,5,2\nb,0,3,2\nc,4,6,5\nd,0,1,6\n")
+    buffers = read_csv(tricky)
+    assert height(buffers, greedy(buffers)) > load(buffers) and solve(buffers, load(buffers)).status == "feasible"
+    assert _cli(tricky, "--solver", "greedy", "--capacity", str(load(buffers))) == 3
+    out = capsys.readouterr().out
+    assert "status=unknown" in out and "timeout" not in out

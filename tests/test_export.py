@@ -98,3 +98,47 @@ def test_export_bad_arguments(tmp_path, capsys, spilling_plan, argv, match):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and match in err, err
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob(".planner-*"))
+
+
+def test_show_hatches_reloads_thickens_spills_and_keeps_the_legend_off_the_map(spilling_plan):
+    """Issue 13 item 18: one PatchCollection dropped per-patch hatches; spill edges were
+    0.4 pt; the legend sat over the boxes under the capacity line; the axis read bytes x 1e6."""
+    from matplotlib.collections import PatchCollection
+
+    from planner.runtime.show import SPILL_EDGE, figure
+
+    report = simulate(spilling_plan)
+    kinds = {t.name: t.kind for t in spilling_plan.tensors}
+    reloads = [r for r in report.residencies if r.arrived == "load" and kinds[r.tensor] == "activation"]
+    assert reloads  # the plan spills p and reloads it
+    fig = figure(spilling_plan)
+    top = fig.axes[0]
+    collections = [c for c in top.collections if isinstance(c, PatchCollection)]
+    hatched = [c for c in collections if c.get_hatch() == "//"]
+    assert len(hatched) == 1 and len(hatched[0].get_paths()) == len(reloads)
+    assert sum(len(c.get_paths()) for c in collections) == len(report.residencies)
+    assert max(w for c in collections for w in c.get_linewidths()) == SPILL_EDGE
+    fig.canvas.draw()
+    legend = top.get_legend().get_window_extent()
+    assert legend.x0 >= top.get_window_extent().x1  # beside the map, not on it
+    assert top.get_ylabel() == "address (B)" and not top.yaxis.get_offset_text().get_text()
+    plt_close(fig)
+
+
+def test_show_axes_read_in_mib(spilling_plan):
+    from planner.runtime.show import figure
+
+    big = Plan.from_json({**spilling_plan.to_json(),
+                          "target": {**spilling_plan.target.to_json(), "capacity": 3 * 2**20}, "metrics": None})
+    fig = figure(big)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert fig.axes[0].get_ylabel() == "address (MiB)" and "3" in labels
+    assert not fig.axes[0].yaxis.get_offset_text().get_text()  # no "1e6" above the axis
+    plt_close(fig)
+
+
+def plt_close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

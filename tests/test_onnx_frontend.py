@@ -348,3 +348,18 @@ def test_bad_shapes_argument():
         load_onnx(conv_bn_relu(), shapes={"q": (1,)})
     with pytest.raises(BadInput, match="rank 3"):
         load_onnx(conv_bn_relu(), shapes={"x": (1, 4, 8)})
+
+
+@pytest.mark.parametrize("other, ok", [([1, 8, 1, 1], True), ([16], True), ([1, 3, 5, 7], False), ([4, 1, 1], False)])
+def test_elementwise_shapes_must_broadcast(other, ok):
+    """Issue 13 item 16: ONNX's non-strict inference let Add([1,8,16,16], [1,3,5,7]) through."""
+    a = h.make_tensor_value_info("a", T.FLOAT, [1, 8, 16, 16])
+    b = h.make_tensor_value_info("b", T.FLOAT, other)
+    y = h.make_tensor_value_info("y", T.FLOAT, None)
+    graph = h.make_graph([h.make_node("Add", ["a", "b"], ["y"], name="add")], "g", [a, b], [y])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    if ok:
+        assert load_onnx(model).tensors["y"].shape == (1, 8, 16, 16)
+    else:
+        with pytest.raises(BadInput, match=r"node 'add' \(Add\): input shapes .* do not broadcast"):
+            load_onnx(model)

@@ -11,6 +11,8 @@ unit), which CP-SAT needs and which lets a bound be rounded up to the next integ
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -109,8 +111,11 @@ def solve(model: Model, backend: str, time_limit: float, threads: int, hint: lis
 
 def _isolated(args: tuple, timeout: float | None):
     """`_run(*args)` in a fresh interpreter, killed after `timeout` seconds (then: no
-    solution, no bound). The child gets 1.5 s less, for starting up."""
-    import os
+    solution, no bound). The child gets 1.5 s less, for starting up.
+
+    The child ignores SIGINT (a Ctrl-C reaches the whole foreground process group; the
+    parent alone turns it into one line and exit 130, and kills the child on the way
+    out) and, on Linux, is killed when its parent dies however that happens."""
     import pickle
     import subprocess
     import tempfile
@@ -123,16 +128,29 @@ def _isolated(args: tuple, timeout: float | None):
         src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
         src.write_bytes(pickle.dumps(args))
         code = f"from planner.solvers.exact.backends import _child; _child({str(src)!r}, {str(dst)!r})"
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                                preexec_fn=_child_setup)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
             return NO_SOLUTION, None, -math.inf
+        finally:
+            if proc.poll() is None:  # time limit, Ctrl-C or any other way out of the wait
+                proc.kill()
+                proc.wait()
         if proc.returncode != 0 or not dst.exists():
             raise RuntimeError(f"the {args[0]} child process failed with exit code {proc.returncode}")
         return pickle.loads(dst.read_bytes())
+
+
+def _child_setup() -> None:
+    """Runs in the forked child before exec: ignore SIGINT (Python keeps an ignored SIGINT
+    ignored at start-up) and ask Linux for SIGKILL when the parent dies (PR_SET_PDEATHSIG)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _child(src: str, dst: str) -> None:
@@ -153,8 +171,7 @@ def _highs(model: Model, time_limit: float, threads: int, hint, dump, bound_only
            stop_at: float | None = None):
     import highspy
 
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _quiet_highs()
     h.setOptionValue("time_limit", float(time_limit))
     _interrupt_at(h, time.perf_counter() + time_limit, stop_at)
     h.setOptionValue("threads", int(threads))
@@ -256,8 +273,7 @@ def _lp_bound(model: Model, time_limit: float = 30.0) -> float:
     """The LP relaxation's optimum, by HiGHS: a valid (weak) lower bound."""
     import highspy
 
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _quiet_highs()
     h.setOptionValue("time_limit", time_limit)
     _interrupt_at(h, time.perf_counter() + time_limit)
     lp = _highs_lp(model, integral=False)
@@ -266,6 +282,29 @@ def _lp_bound(model: Model, time_limit: float = 30.0) -> float:
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return -math.inf
     return h.getInfo().objective_function_value - 1e-6
+
+
+def _quiet_highs():
+    """A silent `highspy.Highs`. The first one built in a process prints HiGHS's banner
+    from C++ straight to file descriptor 1, before any option can turn output off, which
+    breaks `--json` and clutters every summary; so it is built with fd 1 on /dev/null
+    (C's stdout buffer flushed before fd 1 is put back)."""
+    import ctypes
+
+    import highspy
+
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        h = highspy.Highs()
+        ctypes.CDLL(None).fflush(None)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+    h.setOptionValue("output_flag", False)
+    return h
 
 
 def _interrupt_at(h, deadline: float, stop_at: float | None = None) -> None:
