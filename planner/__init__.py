@@ -3,9 +3,12 @@ from planner.errors import BadInput, Infeasible, PlannerError, SolverTimeout, Un
 from planner.ir import TARGETS, Graph, Op, Target, Tensor, get_target
 from planner.plan import Metrics, Plan, SolverInfo, Step
 from planner.problem import Problem
+# The function, bound over the submodule of the same name (as `plan` is): import the
+# submodule's names with `from planner.sweep import ...`.
+from planner.sweep import sweep
 
 __all__ = ["BadInput", "Infeasible", "PlannerError", "SolverTimeout", "UnsupportedModel", "TARGETS", "Graph",
-           "Op", "Target", "Tensor", "get_target", "Metrics", "Plan", "SolverInfo", "Step", "Problem", "plan"]
+           "Op", "Target", "Tensor", "get_target", "Metrics", "Plan", "SolverInfo", "Step", "Problem", "plan", "sweep"]
 
 
 def plan(*args, **kwargs):  # noqa: D103 - documented in planner.api.plan

@@ -144,9 +144,33 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
         return cache[0]
 
     capacity = resolve_budget(budget, problem, get_budgets)
-    problem = Problem(graph, tgt.with_capacity(capacity), fixed_order=fixed_order, allow_recompute=allow_recompute)
+    return plan_problem(graph, tgt, capacity, cache[0] if cache else None, solver=solver, time_limit=time_limit,
+                        fixed_order=fixed_order, allow_recompute=allow_recompute, validate=validate,
+                        progress=progress, started=t0)
+
+
+def plan_problem(graph: Graph, target: Target, budget_bytes: int, budgets: _bounds.Budgets | None = None, *,
+                 solver: str = "auto", time_limit: float = 60.0, fixed_order: bool = False,
+                 allow_recompute: bool = False, validate: bool = True,
+                 progress: Callable[[str], None] | None = None, started: float | None = None) -> Plan:
+    """What `plan` does once the model is lowered: solve a lowered `graph` in `budget_bytes`
+    of `target`'s fast memory and return the best validated plan.
+
+    It exists so that callers planning one graph many times (`planner.sweep`) lower it and
+    compute its reference `budgets` once and ship both to every solve; `budgets` None
+    computes them here, after the budget is checked against M_R (so an infeasible budget
+    fails fast). `time_limit` counts from `started` (default: now), which lets `plan`
+    include its lowering in the limit. Arguments and errors otherwise as for `plan`.
+    """
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter() if started is None else started
+    problem = Problem(graph, target.with_capacity(budget_bytes), fixed_order=fixed_order,
+                      allow_recompute=allow_recompute)
     _bounds.check_budget(problem)
-    b = get_budgets()
+    if budgets is None:
+        say("computing M_R / M_P")
+        budgets = _bounds.budgets(problem, time_limit=max(1.0, time_limit / 3))
+    b = budgets
     best, candidates = None, []
     chosen = registry.members(solver, len(graph.ops))
     for name in chosen:
@@ -210,4 +234,4 @@ def bounds(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple | N
     return graph, _bounds.budgets(Problem(graph, tgt), time_limit=time_limit)
 
 
-__all__ = ["plan", "bounds", "load_graph", "PlannerError"]
+__all__ = ["plan", "plan_problem", "bounds", "load_graph", "PlannerError"]

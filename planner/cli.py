@@ -26,7 +26,7 @@ EXIT_CODES = """exit codes:
   3  time limit reached with no plan
   4  the plan breaks a rule (planner simulate)
   5  internal error (rerun with PLANNER_DEBUG=1 for the traceback)
-  130 interrupted (Ctrl-C); nothing is written
+  130 interrupted (Ctrl-C); nothing is written (planner sweep writes the points that finished)
   141 the reader of stdout went away (e.g. `| head -1`); stops quietly, as Unix tools do"""
 
 
@@ -60,6 +60,41 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
+SWEEP_EPILOG = """rows: model, budget_bytes, traffic_bytes, noncompulsory_bytes, peak_bytes, status, bound, gap,
+solver, seconds, engine, machine; reused_from where a smaller budget's plan had less traffic
+(a plan that fits a budget fits every larger one), error where a point failed.
+Ctrl-C writes the rows that finished and exits 130."""
+
+
+def _points(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"--points {text!r}: need a whole number of at least 2 (M_R and M_P)")
+    return n
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need a whole number of at least 1")
+    return n
+
+
+def _budget_list(text: str) -> list[int | str]:
+    from planner.sweep import parse_budgets
+
+    try:
+        return parse_budgets(text)
+    except BadInput as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="planner", description="Memory planning for DNNs: operator order, scratchpad offsets, "
                      "spill/reload and recompute under a byte budget.", epilog=EXIT_CODES,
@@ -77,6 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the simulator replay")
     p.add_argument("-o", "--output", help="write the plan JSON here")
     p.set_defaults(run=cmd_plan)
+
+    p = sub.add_parser("sweep", help="traffic against budget: plan models at many budgets in parallel",
+                       epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="+", help="ONNX files or zoo model names")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--points", type=_points, default=8,
+                       help="budgets evenly from M_R to M_P per model, both ends included (default 8)")
+    where.add_argument("--budgets", type=_budget_list, metavar="LIST",
+                       help="comma list of sizes and M_R, M_H, M_P, e.g. M_R,1.5MiB,M_P")
+    p.add_argument("--solver", default="auto", help="solver or portfolio name (see `planner solvers`)")
+    p.add_argument("--time-limit", type=seconds_arg, default=60.0, help="seconds for each budget's solve (default 60)")
+    p.add_argument("--target", default="cosma-int8", help="target preset (default cosma-int8)")
+    p.add_argument("-o", "--output", required=True, help="write the rows here as JSON: {\"rows\": [...]}")
+    p.add_argument("--csv", help="also write the rows as CSV")
+    p.add_argument("--plot", help="draw traffic against budget (.png, .svg, .pdf, ...)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: processes here (default); ray: Ray tasks (pip install planner[ray])")
+    p.add_argument("--address", help="with --engine ray: join the cluster there (e.g. auto, ray://head:10001); "
+                   "default: start a local Ray instance")
+    p.add_argument("--jobs", type=_positive, help="budgets solved at once (default: the cores here, or the "
+                   "Ray cluster's CPUs)")
+    p.set_defaults(run=cmd_sweep)
 
     p = sub.add_parser("bounds", help="M_R, M_P, M_H and compulsory traffic of a model")
     _model_args(p)
@@ -186,6 +243,13 @@ class _Progress:
 
     def __call__(self, message: str) -> None:
         if self.bar is not None:
+            self.bar.set_description_str(message)
+
+    def count(self, done: int, total: int, message: str) -> None:
+        """`done` of `total` (a total that can still change) with a message: a sweep's points."""
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.n = done
             self.bar.set_description_str(message)
 
     def step(self) -> None:
@@ -307,6 +371,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.output:
         lines.append(f"plan            written to {args.output} ({len(p.steps)} steps)")
     _emit(args, summary, lines)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from planner.sweep import SweepInterrupted, import_ray, plot, sweep, to_csv, to_json
+
+    if args.address and args.engine != "ray":
+        raise BadInput("--address needs --engine ray")
+    if args.engine == "ray":
+        import_ray()  # a one-line error before any work
+    for path in (args.output, args.csv, args.plot):
+        _check_writable(path)
+    if args.plot:
+        _check_image_suffix(args.plot)
+    t0 = time.perf_counter()
+    interrupted = False
+    with _Progress(args, "sweep", total=len(args.model) * (len(args.budgets) if args.budgets else args.points)) as bar:
+        try:
+            rows = sweep(args.model, points=args.points, budgets=args.budgets, target=args.target,
+                         solver=args.solver, time_limit=args.time_limit, engine=args.engine, address=args.address,
+                         jobs=args.jobs, progress=bar.count)
+        except SweepInterrupted as e:
+            rows, interrupted = e.rows, True
+    _write_atomic(args.output, json.dumps(to_json(rows, interrupted), indent=1))
+    if args.csv:
+        _write_atomic(args.csv, to_csv(rows))
+    if args.plot:
+        plot(rows, args.plot)
+    written = ", ".join(p for p in (args.output, args.csv, args.plot) if p)
+    if interrupted:
+        print(f"planner: interrupted after {time.perf_counter() - t0:.1f} s; wrote the {len(rows)} finished "
+              f"points to {written}", file=sys.stderr)
+        return 130
+    print(f"{'model':24s} {'budget':>12s} {'traffic':>12s} {'non-compulsory':>15s} {'status':10s} note")
+    for r in rows:
+        note = r.get("error") or (f"plan of {format_bytes(r['reused_from'])}" if r.get("reused_from") else "")
+        traffic = "-" if r.get("traffic_bytes") is None else format_bytes(r["traffic_bytes"])
+        extra = "-" if r.get("noncompulsory_bytes") is None else format_bytes(r["noncompulsory_bytes"])
+        print(f"{r['model']:24s} {format_bytes(r['budget_bytes']):>12s} {traffic:>12s} {extra:>15s} "
+              f"{r['status']:10s} {note}")
+    failed = sum(r["status"] == "failed" for r in rows)
+    print(f"{len(rows)} points ({failed} failed) in {time.perf_counter() - t0:.1f} s on engine {args.engine}; "
+          f"wrote {written}")
     return 0
 
 
