@@ -125,10 +125,12 @@ def solve_point(task: Task, shipped: tuple[Graph, _bounds.Budgets]) -> dict[str,
             "gap": s.gap, "solver": s.name, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def failed_row(task: Task, b: _bounds.Budgets, reason: str, seconds: float) -> dict[str, Any]:
-    """The row of a task whose worker died, timed out or raised: the reason, no metrics."""
+def failed_row(task: Task, b: _bounds.Budgets, reason: str, seconds: float, machine: str | None = None
+               ) -> dict[str, Any]:
+    """The row of a task whose worker died, timed out or raised: the reason, no metrics;
+    `machine` where the engine knows it (Ray does not say where a lost task ran)."""
     return {"model": task.model, "budget_bytes": task.budget_bytes, "budget_names": list(task.budget_names),
-            "engine": task.engine, "machine": None, "M_R": b.m_r, "M_P": b.m_p,
+            "engine": task.engine, "machine": machine, "M_R": b.m_r, "M_P": b.m_p,
             "status": "failed", "error": reason, "seconds": round(seconds, 3)}
 
 
@@ -199,6 +201,7 @@ class LocalEngine:
         self.running: list[tuple[Task, Any, float, _bounds.Budgets, Path]] = []  # (task, proc, start, b, job)
         self.shipped: dict[str, Path] = {}
         self.count = 0
+        self.host = socket.gethostname()
 
     def ship(self, model: str, graph: Graph, b: _bounds.Budgets) -> None:
         """Pickles a model's graph and bounds once, to a file every task of the model reads."""
@@ -242,12 +245,12 @@ class LocalEngine:
                 if code is None:
                     proc.kill()
                     proc.wait()
-                    row = failed_row(task, b, f"timed out after {self.timeout:g} s", elapsed)
+                    row = failed_row(task, b, f"timed out after {self.timeout:g} s", elapsed, self.host)
                 elif (job / "out.pkl").exists():
                     kind, value = pickle.loads((job / "out.pkl").read_bytes())
-                    row = value if kind == "ok" else failed_row(task, b, value, elapsed)
+                    row = value if kind == "ok" else failed_row(task, b, value, elapsed, self.host)
                 else:
-                    row = failed_row(task, b, _died(code, job / "stderr"), elapsed)
+                    row = failed_row(task, b, _died(code, job / "stderr"), elapsed, self.host)
                 done.append((task, row))
             self.running = still
             if done or not (self.running or self.queue) or time.monotonic() >= end:
@@ -472,6 +475,9 @@ def monotone(rows: Iterable[dict[str, Any]], order: dict[str, int] | None = None
 def _restate(r: dict[str, Any]) -> None:
     """Gap and status of a row whose plan or bound came from another budget."""
     value, bound = r["noncompulsory_bytes"], r["bound"]
+    if value == 0:  # no traffic beyond the compulsory: nothing can do better
+        r["gap"], r["status"] = 0.0, "optimal"
+        return
     if bound is None:
         r["gap"], r["status"] = None, "heuristic"
         return
