@@ -249,8 +249,8 @@ class _Progress:
         """`done` of `total` (a total that can still change) with a message: a sweep's points."""
         if self.bar is not None:
             self.bar.total = total
-            self.bar.set_description_str(message, refresh=False)
             self.bar.update(done - self.bar.n)  # through update(), so tqdm's rate and ETA see it
+            self.bar.set_description_str(message)  # and redraw now: a point is rare enough to show each
 
     def step(self) -> None:
         """One of `total` done."""
