@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--budgets", type=_budget_list, metavar="LIST",
                        help="comma list of sizes and M_R, M_H, M_P, e.g. M_R,1.5MiB,M_P")
     p.add_argument("--solver", default="auto", help="solver or portfolio name (see `planner solvers`)")
-    p.add_argument("--time-limit", type=seconds_arg, default=60.0, help="seconds for each budget's solve (default 60)")
+    p.add_argument("--time-limit", type=seconds_arg, default=60.0,
+                   help="seconds for each budget's solve (default 60); a model's lowering and bounds, done once, "
+                   "are not part of it")
     p.add_argument("--target", default="cosma-int8", help="target preset (default cosma-int8)")
     p.add_argument("-o", "--output", required=True, help="write the rows here as JSON: {\"rows\": [...]}")
     p.add_argument("--csv", help="also write the rows as CSV")

@@ -374,7 +374,8 @@ def sweep(models: Sequence[Any], *, points: int | None = 8, budgets: Sequence[in
     points : budgets evenly from M_R to M_P per model, both ends included (default 8).
     budgets : instead of `points`: sizes and M_R / M_H / M_P, a list or a comma string.
         Budgets that coincide for a model (M_R equal to M_P, say) are solved once.
-    solver, time_limit, target : as for `planner.plan`, per budget.
+    solver, time_limit, target : as for `planner.plan`, per budget; unlike `plan`'s, the
+        time limit does not pay for lowering the model, which happens once per model.
     engine : "local" (processes here) or "ray" (`address` None: a local Ray instance;
         else the cluster there, e.g. "auto" or "ray://head:10001").
     jobs : tasks at once; default: this machine's cores (local), the cluster's CPUs (ray).
