@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from planner import bounds as _bounds
+from planner import registry
 from planner.errors import BadInput, Infeasible, PlannerError
 from planner.ir import Graph, Target
 from planner.problem import Problem
@@ -406,6 +407,7 @@ def sweep(models: Sequence[Any], *, points: int | None = 8, budgets: Sequence[in
         raise BadInput("a sweep needs at least 2 points (M_R and M_P), or a list of budgets")
     if jobs is not None and jobs < 1:
         raise BadInput(f"jobs must be at least 1, got {jobs}")
+    registry.members(solver)  # an unknown solver fails here, not once per row
     if engine == "ray":
         import_ray()  # fail before the slow lowering
     tgt = resolve_target(target)
@@ -418,7 +420,7 @@ def sweep(models: Sequence[Any], *, points: int | None = 8, budgets: Sequence[in
     order: dict[str, int] = {}
     try:
         for model in models:
-            say(len(rows), total, f"lowering {model}")
+            say(len(rows), total, f"lowering {model if isinstance(model, (str, os.PathLike)) else 'a model'}")
             graph = load_graph(model, target=tgt)
             b = _bounds.budgets(Problem(graph, tgt), time_limit=max(1.0, time_limit / 3))  # as planner.plan
             label = graph.name
