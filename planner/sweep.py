@@ -283,6 +283,20 @@ def import_ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str) -> None:
+    """Fails at once, with BadInput, when nothing listens at a cluster's host:port: Ray
+    itself keeps retrying an unreachable address for minutes. 'auto' (the cluster this
+    machine belongs to) is left to Ray."""
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise BadInput(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
+
+
 class RayEngine:
     """Ray remote tasks: a local Ray instance (`address` None) or the cluster at `address`."""
 
@@ -293,7 +307,12 @@ class RayEngine:
         self.started = not ray.is_initialized()
         if self.started:
             if address:
-                ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+                _check_reachable(address)
+                try:
+                    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+                except ConnectionError as e:
+                    raise BadInput(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]} (on a "
+                                   f"cluster with token authentication, also set RAY_AUTH_MODE=token here)") from None
             else:
                 ray.init(num_cpus=jobs or os.cpu_count(), include_dashboard=False, logging_level="WARNING",
                          log_to_driver=False)

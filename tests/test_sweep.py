@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -154,6 +155,19 @@ def test_the_ray_engine_without_ray_is_a_one_line_error(monkeypatch, capsys, tmp
     err = capsys.readouterr().err
     assert code == 1 and err.strip() == "planner: error: --engine ray needs Ray: pip install planner[ray]"
     assert not (tmp_path / "s.json").exists()
+
+
+def test_an_unreachable_cluster_is_a_one_line_error_not_a_wait(capsys, tmp_path):
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    code = main(["sweep", str(SHUFFLENET), "--engine", "ray", "--address", f"127.0.0.1:{port}", "-o",
+                 str(tmp_path / "s.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f"planner: error: cannot reach the Ray cluster at 127.0.0.1:{port}")
+    assert time.perf_counter() - t0 < 15
 
 
 # -- the command line --------------------------------------------------------------------
