@@ -85,7 +85,8 @@ def parse_budgets(text: str) -> list[int | str]:
     return items
 
 
-def budget_points(b: _bounds.Budgets, points: int | None = None, budgets: Sequence[int | str] | None = None) -> list[int]:
+def budget_points(b: _bounds.Budgets, points: int | None = None,
+                  budgets: Sequence[int | str] | None = None) -> list[int]:
     """The distinct budgets, ascending, for a model with reference budgets `b`: `points`
     evenly from M_R to M_P (both ends included), or `budgets` with names resolved."""
     if budgets is not None:
@@ -572,9 +573,9 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str | None = None)
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title(title or "traffic against budget")
     keys = [Line2D([], [], color="k", marker="v", ls="none", mfc="none", label="M_R"),
-            Line2D([], [], color="k", marker="s", ls="none", mfc="none", label="M_P"),
-            *([Line2D([], [], color="k", ls="--", label="lower bound")] if any(r.get("bound") is not None for r in solved)
-              else [])]
+            Line2D([], [], color="k", marker="s", ls="none", mfc="none", label="M_P")]
+    if any(r.get("bound") is not None for r in solved):
+        keys.append(Line2D([], [], color="k", ls="--", label="lower bound"))
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + keys, fontsize=7, ncol=2 if len(handles) > 8 else 1, loc="best")
     fig.savefig(path, dpi=130)

@@ -217,8 +217,8 @@ def test_ctrl_c_writes_the_points_that_finished(capsys, tmp_path, monkeypatch):
 
 def test_cli_usage_errors_exit_1(capsys, tmp_path):
     out = str(tmp_path / "s.json")
-    for argv in (["--points", "1"], ["--solver", "magic"], ["--budgets", "M_R,2 parsecs"], ["--address", "auto"], ["--jobs", "0"],
-                 ["--plot", str(tmp_path / "s.bmp")], ["--points", "3", "--budgets", "M_R"]):
+    for argv in (["--points", "1"], ["--solver", "magic"], ["--budgets", "M_R,2 parsecs"], ["--address", "auto"],
+                 ["--jobs", "0"], ["--plot", str(tmp_path / "s.bmp")], ["--points", "3", "--budgets", "M_R"]):
         code = main(["sweep", str(SHUFFLENET), "-o", out, *argv])
         err = capsys.readouterr().err
         assert code == 1 and err.startswith("planner: ") and "Traceback" not in err, (argv, err)
