@@ -66,7 +66,7 @@ class Params:
     backend: str = "highs"  # the exact solver's back end
     refits: int = 3  # re-solves of overflowing segments with lower budgets when offsets do not fit
     alloc_time_limit: float = 5.0  # seconds for the exact offset search of a stitched plan
-    radius: int = 8  # most positions an op may move from the guide's order in a segment (0: fixed order)
+    radius: int = 40  # most places an op may move from the guide's order in a segment (0: fixed order)
     lns: bool = True  # after the passes, the large-neighbourhood search (solvers.lns) for the time left
     lower_bound: float | None = None  # bytes of non-compulsory traffic no plan beats: stop on reaching it
     progress: Callable[[dict], None] | None = None  # called with {"traffic", "bound", "elapsed"} as the plan improves
@@ -454,9 +454,10 @@ def _solve_segment(seg: _Segment) -> list[Step]:
     if limit < MIN_SEGMENT_SECONDS:
         runs = [baselines.solve(seg.problem, baselines.Params(replacement=r)) for r in ("belady", "greedy")]
         return min(runs, key=lambda p: _cost(seg.problem, p)).steps
+    first = limit if seg.radius == 0 or limit == math.inf else limit / 3  # what it leaves, the reordering gets
     p = exact_solver.solve(seg.problem, exact_solver.Params(
-        time_limit=None if limit == math.inf else limit, backend=seg.backend, order_bound=False, joint=False,
-        alloc_time_limit=min(5.0, max(0.1, limit / 4))))
+        time_limit=None if first == math.inf else first, backend=seg.backend, order_bound=False, joint=False,
+        alloc_time_limit=min(5.0, max(0.1, first / 4))))
     left = limit - (time.time() - t0)
     if seg.radius > 0 and p.solver.objective > 0 and left >= MIN_SEGMENT_SECONDS:
         free = dataclasses.replace(seg.problem, fixed_order=False)

@@ -35,8 +35,8 @@ from typing import Callable
 
 from planner.bounds import check_budget, min_peak
 from planner.plan import Plan, SolverInfo, Step
-from planner.problem import Problem
-from planner.solvers import baselines, dnc
+from planner.problem import Problem, align_up
+from planner.solvers import alloc, baselines, dnc
 
 __all__ = ["Params", "solve"]
 
@@ -47,8 +47,8 @@ class Params:
     start: list[Step] | None = None  # the plan to improve; the best COSMA baseline when None
     window_ops: int = 40  # ops per window at first
     max_window_ops: int = 120  # widest window (sweeps that improve nothing widen them)
-    radius: int = 8  # most places an op may move from the plan's order in a window (0: fixed order)
-    window_time_limit: float = 3.0  # seconds for one window's exact solve, at most (many windows, not a few proofs)
+    radius: int = 40  # most places an op may move from the plan's order in a window (0: fixed order)
+    window_time_limit: float = 5.0  # seconds for one window's exact solve, at most (many windows, not a few proofs)
     backend: str = "highs"  # the exact solver's back end
     alloc_time_limit: float = 2.0  # seconds for the exact offset search of a spliced plan
     lower_bound: float | None = None  # bytes of non-compulsory traffic no plan beats: stop on reaching it
@@ -103,13 +103,13 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             if cost <= target or time.perf_counter() >= deadline:
                 break
             found = _window(problem, steps, lo, lo + width, params, deadline)
-            tried += found is not None
-            if found is not None and found[1] < cost:
+            tried += 1
+            if found is not None:
                 steps, cost = found
                 improved += 1
                 log.append(f"lns sweep {sweep}: window [{lo}, {lo + width}) -> non-compulsory {cost}")
                 _report(params, cost, t0)
-        log.append(f"lns sweep {sweep}: {width}-op windows from {first}, {tried} solved, {improved} improved")
+        log.append(f"lns sweep {sweep}: {width}-op windows from {first}, {tried} tried, {improved} improved")
         sweep += 1
         if not improved:
             if width >= min(params.max_window_ops, n):
@@ -140,55 +140,171 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
             deadline: float) -> tuple[list[Step], int] | None:
     """Ops lo..hi-1 of the plan's order re-solved with the rest fixed: the new plan, placed
     and replayed, and its traffic; or None when the window moves no non-compulsory byte,
-    its plan moves no fewer bytes than the plan's, or its offsets do not fit."""
+    or no plan of it moves fewer bytes and fits once placed. First with the residencies
+    that end or start near the window stretched across its cuts (`_boundary`), then, if
+    that fails, as the plan has them; an overflow once placed lowers the window's budget
+    by the overflow, once per try."""
     from planner.runtime.simulator import PlanViolation, simulate
 
     g = problem.graph
-    order = [s.op for s in steps if s.kind == "compute"]
     cut = _cuts(steps)
-    prefix, region, suffix = steps[:cut[lo]], steps[cut[lo]:cut[hi]], steps[cut[hi]:]
-    resident, stored = _scan(problem, prefix)
     if not _moved(problem, steps, cut[lo], cut[hi]):
         return None
-    after, _ = _scan(problem, region, resident, stored)
-    pos = {o: i for i, o in enumerate(order)}
-    live_in, live_out = _live(problem, pos, lo), _live(problem, pos, hi)
-    carried_in, carried_out = sorted(resident & live_in), sorted(after & live_out)
-    has_copy = frozenset(t for t in carried_in if t in stored and g.tensors[t].kind == "activation")
-    need_copy = frozenset(_reloaded(problem, suffix) & set(carried_out))
     cost = traffic(problem, steps)
-    capacity = problem.capacity
-    for _ in range(2):
+    tries = [(True, problem.capacity), (False, problem.capacity)]
+    while tries:
+        stretch, capacity = tries.pop(0)
         left = deadline - time.perf_counter()
         if left <= dnc.MIN_SEGMENT_SECONDS:
             return None
-        seg = dnc._segment(problem, order, lo, hi, carried_in, carried_out, capacity, params.backend,
-                           params.radius, has_copy, need_copy)
+        b = _boundary(problem, steps, cut, lo, hi, stretch)
+        if stretch and not b.stretched:
+            continue  # the same as the try without stretching
+        seg = dnc._segment(problem, b.order, lo, hi, b.carried_in, b.carried_out, capacity, params.backend,
+                           params.radius, b.has_copy, b.need_copy)
         seg.time_limit = min(params.window_time_limit, left)
         seg.stop = time.time() + seg.time_limit
         sub = dnc._no_spill(seg) or dnc._solve_segment(seg)
-        body, _ = dnc._stitch(problem, [seg], [sub], set(carried_in), stored)
-        head = [Step(s.kind, tensor=s.tensor, op=s.op) for s in prefix]
-        head += [Step("free", tensor=t) for t in sorted(resident - live_in)]
-        new = _tidy(problem, head + body + [Step(s.kind, tensor=s.tensor, op=s.op) for s in suffix])
+        body, _ = dnc._stitch(problem, [seg], [sub], set(b.carried_in), b.stored)
+        new = _tidy(problem, b.head + body + b.tail)
         new_cost = traffic(problem, new)
         if new_cost >= cost:
-            return None
-        placed, excess = dnc._place(problem, new, min(params.alloc_time_limit, max(0.1, left)))
+            continue
+        budget = min(params.alloc_time_limit, max(0.1, left))
+        placed = _place_near(problem, steps, new, budget)
+        excess: list[int] = []
+        if placed is None:
+            placed, excess = dnc._place(problem, new, budget)
         if placed is not None:
             try:
                 simulate(Plan.build(problem, placed, SolverInfo("lns", "feasible")), g, problem.target)
             except PlanViolation:
-                return None
+                continue
             return placed, new_cost
         # the window's residencies overflow once placed: lower its budget by the overflow
-        over = max(excess[len(head):len(head) + len(body) + 1], default=0)
-        need = max(problem.footprint(g.op(o)) for o in order[lo:hi])
-        lowered = max(need, capacity - max(over, problem.target.alignment))
-        if over <= 0 or lowered >= capacity:
-            return None
-        capacity = lowered
+        over = max(excess[len(b.head):len(b.head) + len(body) + 1], default=0)
+        lowered = max(dnc._need(seg), capacity - max(over, problem.target.alignment))
+        if over > 0 and lowered < capacity == problem.capacity:
+            tries.insert(0, (stretch, lowered))
     return None
+
+
+@dataclass
+class _Boundary:
+    """A window's two cuts as the plan (possibly stretched) has them, and the plan around it."""
+
+    order: list[str]
+    head: list[Step]  # the steps before the window (offsets dropped), frees of what is dead there added
+    tail: list[Step]  # the steps after it
+    carried_in: list[str]
+    carried_out: list[str]
+    has_copy: frozenset[str]
+    need_copy: frozenset[str]
+    stored: set[str]  # what slow memory holds at the window's start
+    stretched: int  # residencies stretched across the cuts
+
+
+def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: int, stretch: bool) -> _Boundary:
+    """What crosses the cuts of window [lo, hi). With `stretch`, a live tensor the plan
+    frees before the window and loads in it stays resident up to the window (its free
+    dropped), and one the window leaves resident or uses and the plan loads again after
+    it stays resident up to that load (the load dropped), largest first, where the
+    resident bytes stay within the capacity at every step: the window may then keep
+    them, which no window alone can decide when the free or the load lies outside it."""
+    g, size, a = problem.graph, problem.sizes, problem.target.alignment
+    order = [s.op for s in steps if s.kind == "compute"]
+    prefix, region, suffix = steps[:cut[lo]], steps[cut[lo]:cut[hi]], steps[cut[hi]:]
+    resident, stored = _scan(problem, prefix)
+    after, _ = _scan(problem, region, resident, stored)
+    pos = {o: i for i, o in enumerate(order)}
+    live_in, live_out = _live(problem, pos, lo), _live(problem, pos, hi)
+    carried_in, carried_out = resident & live_in, after & live_out
+    drop: set[int] = set()  # step indices
+    if stretch:
+        room = [problem.capacity - b for b in _profile(problem, steps)]
+
+        def fits(t: str, i: int, j: int) -> bool:  # t resident during steps i..j-1 too
+            if any(room[k] < align_up(size[t], a) for k in range(i, j)):
+                return False
+            for k in range(i, j):
+                room[k] -= align_up(size[t], a)
+            return True
+
+        last_free = {s.tensor: i for i, s in enumerate(prefix) if s.kind == "free"}
+        for t in sorted(live_in - resident, key=lambda t: (-size[t], t)):
+            if t in last_free and fits(t, last_free[t], cut[lo]):
+                drop.add(last_free[t])
+                carried_in.add(t)
+        used = {t for o in order[lo:hi] for t in problem.tensors_of(g.op(o))} | carried_in
+        first: dict[str, int] = {}
+        for i, s in enumerate(suffix, cut[hi]):
+            if s.kind in ("load", "store"):
+                first.setdefault(s.tensor, i)  # type: ignore[arg-type]
+        for t in sorted((live_out & used) - carried_out, key=lambda t: (-size[t], t)):
+            if t in first and steps[first[t]].kind == "load" and fits(t, cut[hi], first[t]):
+                drop.add(first[t])
+                carried_out.add(t)
+
+    def bare(i: int, s: Step) -> list[Step]:
+        return [] if i in drop else [Step(s.kind, tensor=s.tensor, op=s.op)]
+
+    head = [x for i, s in enumerate(prefix) for x in bare(i, s)]
+    head += [Step("free", tensor=t) for t in sorted(resident - live_in)]
+    tail = [x for i, s in enumerate(suffix, cut[hi]) for x in bare(i, s)]
+    has_copy = frozenset(t for t in carried_in if t in stored and g.tensors[t].kind == "activation")
+    need_copy = frozenset(_reloaded(problem, tail) & carried_out)
+    return _Boundary(order, head, tail, sorted(carried_in), sorted(carried_out), has_copy, need_copy, stored,
+                     len(drop))
+
+
+def _profile(problem: Problem, steps: list[Step]) -> list[int]:
+    """Padded bytes resident after each step."""
+    g, a = problem.graph, problem.target.alignment
+    out, used = [], 0
+    for s in steps:
+        if s.kind == "load":
+            used += align_up(problem.sizes[s.tensor], a)  # type: ignore[index]
+        elif s.kind == "free":
+            used -= align_up(problem.sizes[s.tensor], a)  # type: ignore[index]
+        elif s.kind == "compute":
+            used += sum(align_up(problem.sizes[t], a) for t in g.op(s.op).outputs if t in problem.sizes)  # type: ignore[union-attr]
+        out.append(used)
+    return out
+
+
+def _place_near(problem: Problem, old: list[Step], new: list[Step], time_limit: float) -> list[Step] | None:
+    """Offsets for `new` that keep those `old` gives every residency both plans have (same
+    tensor, same ops spanned): only what the window changed is placed, around the rest.
+    Where memory is nearly full, placing the whole plan again can fail for fragmentation
+    although the changed residencies fit where the old ones were. None when no packing is
+    found in `time_limit`."""
+    bufs, where = baselines.residencies(problem, new)
+    at = dict(zip(_keys(old, *baselines.residencies(problem, old)), _offsets(old, baselines.residencies(problem, old)[1])))
+    for b, k in zip(bufs, _keys(new, bufs, where)):
+        b.offset = at.get(k)
+    if all(b.offset is not None for b in bufs):
+        return baselines.with_offsets(new, where, [b.offset for b in bufs])  # type: ignore[misc]
+    r = alloc.solve(bufs, problem.capacity, alloc.Params(time_limit=time_limit))
+    return None if r.offsets is None else baselines.with_offsets(new, where, r.offsets)
+
+
+def _keys(steps: list[Step], bufs: list[alloc.Buffer], where: list[tuple[int, str]]) -> list[tuple[str, int, int]]:
+    """Per residency: its tensor and the computes before its first and after its last step."""
+    done, k = [], 0
+    for s in steps:
+        done.append(k)
+        k += s.kind == "compute"
+    done.append(k)
+    return [(t, done[b.lower], done[b.upper]) for b, (_, t) in zip(bufs, where)]
+
+
+def _offsets(steps: list[Step], where: list[tuple[int, str]]) -> list[int | None]:
+    """The offset `steps` give each residency (at the load or compute that opens it)."""
+    out: list[int | None] = []
+    for i, t in where:
+        s = steps[i]
+        out.append(s.offset if s.kind == "load" else (s.offsets or {}).get(t))
+    return out
 
 
 def _cuts(steps: list[Step]) -> list[int]:
@@ -265,8 +381,9 @@ def _reloaded(problem: Problem, steps: list[Step]) -> set[str]:
 
 
 def _tidy(problem: Problem, steps: list[Step]) -> list[Step]:
-    """`steps` without the stores of what slow memory already holds (tensors never
-    change, so one copy serves every reload) and the loads of what is resident."""
+    """`steps` without the loads of what is resident, the stores of what slow memory
+    already holds (tensors never change, so one copy serves every reload) and the stores
+    of activations nothing loads afterwards (a window may have made them needless)."""
     g = problem.graph
     resident: set[str] = set()
     stored = {t for t in problem.sizes if g.tensors[t].kind in ("input", "weight")}
@@ -283,4 +400,12 @@ def _tidy(problem: Problem, steps: list[Step]) -> list[Step]:
             resident.discard(s.tensor)  # type: ignore[arg-type]
         else:
             resident |= {t for t in g.op(s.op).outputs if t in problem.sizes}  # type: ignore[arg-type]
-    return out
+    loaded_later: set[str] = set()
+    keep = []
+    for s in reversed(out):
+        if s.kind == "load":
+            loaded_later.add(s.tensor)  # type: ignore[arg-type]
+        elif s.kind == "store" and s.tensor not in loaded_later and g.tensors[s.tensor].kind != "output":
+            continue
+        keep.append(s)
+    return keep[::-1]
