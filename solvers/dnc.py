@@ -2,8 +2,9 @@
 
 The schedule is fixed first (the hierarchical min-peak order of `planner.schedule`), then
 cut into segments of at most `segment_ops` ops. Each segment becomes a small problem that
-the exact solver (`solvers.exact`, fixed order) solves given what crosses its two
-boundaries; the segment plans are stitched into one, and offsets are re-placed globally.
+the exact solver (`solvers.exact`) solves given what crosses its two boundaries, free to
+reorder the segment's ops; the segment plans are stitched into one, and offsets are
+re-placed globally.
 
 What crosses a boundary comes from a **guide** plan (the better baseline on the order,
 later the best stitched plan): a live tensor the guide keeps resident across the cut is
@@ -18,17 +19,33 @@ segment problem therefore has two extra ops:
 
 Every segment problem holds the guide's own segment as a solution, so segments only
 improve on it (up to offsets). A segment whose tensors fit without spilling is solved on
-the spot (zero traffic is optimal); the others share the pass's time, and the exact
-solver stops early on the ones it proves optimal. Segments of one pass are independent
-and run in parallel processes. The first pass carries every live tensor across its cuts
-where they fit; each further pass shifts the cuts by a fraction of a segment and carries
-what the best plan so far keeps resident there, until a pass after the first does not
-improve it. Each pass gets half the time left, the last one all of it.
+the spot (zero traffic is optimal); the others share the pass's time: the exact solver
+first plans the segment in its order (the fixed-order model, often proven in well under
+a second), then lets its ops move up to `radius` places inside their ASAP/ALAP windows
+(`exact.improve`, warm-started from that plan) with B pinned first and E last, so no op
+crosses a cut and what crosses it stays as decided. A fixed order is what kept dnc far
+from the optimum on NAS cells, whose branches the min-peak order interleaves: PNASNet-5
+at M_H has a 40-op segment that moves 1.29 MB in the min-peak order and 0.38-0.42 MB
+reordered. Segments of one pass are independent and run in parallel processes.
+
+The first pass carries every live tensor across its cuts where they fit; each further
+pass cuts the best plan's own order (segments reorder) shifted by a fraction of a
+segment and carries what that plan keeps resident there, until a pass after the first
+does not improve it. Each pass gets half the time left, the last one all of it; with
+`lns` the passes share half of the time and the large-neighbourhood search
+(`solvers.lns`) improves the best plan with the rest: it re-solves windows of the plan
+whose cuts fall between dnc's, so a store in one segment and its reload in the next are
+decided together.
 Stitching drops B, E, the loads of carried tensors and the frees at the cut; the greedy
 arena allocators, then the exact one, place every residency. Where that overflows the
 capacity, the budgets of the segments it overflows are lowered (by half their overflow,
 then by all of it) and those segments alone solved again. The best COSMA baseline
 remains the fallback: the plan never has more traffic than it.
+
+With `lower_bound` (bytes of non-compulsory traffic no plan beats, from a global bound)
+the solve stops as soon as the best plan meets it and reports it optimal with that bound;
+otherwise the plan is "feasible" with that bound and its gap. `progress` hears of every
+better plan: {"traffic", "bound", "elapsed"}.
 
 A graph of at most `segment_ops` ops is one segment: `solvers.exact` on the whole problem.
 """
@@ -82,9 +99,10 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
 
     Returns
     -------
-    Plan with status "optimal" when it moves no non-compulsory byte (or the graph is one
-    segment and the exact solver proved it), else "feasible" with bound 0: no global
-    bound is computed for stitched plans. `extra` holds the segments and pass log.
+    Plan with status "optimal" when it moves no non-compulsory byte, meets
+    `params.lower_bound`, or the graph is one segment and the exact solver proved it;
+    else "feasible" with bound `lower_bound` (0 without one): no global bound is computed
+    here. `extra` holds the baselines and the log of passes and search sweeps.
 
     Raises
     ------

@@ -44,7 +44,7 @@ __all__ = ["Params", "solve"]
 @dataclass
 class Params:
     time_limit: float | None = 60.0  # seconds for the whole search (None: until it settles)
-    start: list[Step] | None = None  # the plan to improve; the best COSMA baseline when None
+    start: list[Step] | None = None  # the plan to improve, offsets placed; the best COSMA baseline when None
     window_ops: int = 40  # ops per window at first
     max_window_ops: int = 120  # widest window (sweeps that improve nothing widen them)
     radius: int = 40  # most places an op may move from the plan's order in a window (0: fixed order)
@@ -142,8 +142,8 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
     and replayed, and its traffic; or None when the window moves no non-compulsory byte,
     or no plan of it moves fewer bytes and fits once placed. First with the residencies
     that end or start near the window stretched across its cuts (`_boundary`), then, if
-    that fails, as the plan has them; an overflow once placed lowers the window's budget
-    by the overflow, once per try."""
+    those do not fit once placed, as the plan has them; an overflow once placed lowers
+    the window's budget by the overflow, once per try."""
     from planner.runtime.simulator import PlanViolation, simulate
 
     g = problem.graph
@@ -169,6 +169,8 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
         new = _tidy(problem, b.head + body + b.tail)
         new_cost = traffic(problem, new)
         if new_cost >= cost:
+            if capacity == problem.capacity:
+                return None  # the window is at a local optimum (stretched or not: one try is enough)
             continue
         budget = min(params.alloc_time_limit, max(0.1, left))
         placed = _place_near(problem, steps, new, budget)
