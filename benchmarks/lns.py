@@ -65,7 +65,8 @@ def case(rec: dict, budget: str, time_limit: float, workers: int) -> dict:
     base = {}
     for sched in ("file", "minpeak"):
         for rep in ("belady", "greedy"):
-            p = baselines.solve(pr, baselines.Params(replacement=rep, schedule=rec["order"] if sched == "minpeak" else None))
+            schedule = rec["order"] if sched == "minpeak" else None
+            p = baselines.solve(pr, baselines.Params(replacement=rep, schedule=schedule))
             base[f"{sched}-{rep}"] = simulate(p, graph, pr.target).metrics.noncompulsory_bytes
     trace: list[dict] = []
     t0 = time.perf_counter()

@@ -129,10 +129,10 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     if len(order) <= params.segment_ops:  # one segment: the exact solver on the whole problem
         p = exact_solver.solve(problem, exact_solver.Params(time_limit=_left(deadline), schedule=order,
                                                             backend=params.backend))
-        bound = min(p.solver.objective, max(p.solver.bound, target))
-        status = "optimal" if p.solver.objective <= bound else "feasible"
-        p.solver = dataclasses.replace(p.solver, name="dnc", status=status, bound=bound,
-                                       gap=0.0 if p.solver.objective == 0 else (p.solver.objective - bound) / p.solver.objective,
+        cost = p.solver.objective
+        bound = min(cost, max(p.solver.bound, target))
+        p.solver = dataclasses.replace(p.solver, name="dnc", status="optimal" if cost <= bound else "feasible",
+                                       bound=bound, gap=0.0 if cost == 0 else (cost - bound) / cost,
                                        seconds=time.perf_counter() - t0)
         p.extra = {**p.extra, "segments": 1}
         _report(params, p.solver.objective, t0)
@@ -181,7 +181,8 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         found = lns.solve(problem, lns.Params(
             time_limit=None if deadline == math.inf else deadline - time.perf_counter(), start=best.steps,
             window_ops=params.segment_ops, radius=params.radius, backend=params.backend,
-            window_time_limit=min(params.segment_time_limit, lns.Params.window_time_limit), lower_bound=params.lower_bound,
+            window_time_limit=min(params.segment_time_limit, lns.Params.window_time_limit),
+            lower_bound=params.lower_bound,
             progress=None if params.progress is None else lambda e: _report(params, e["traffic"], t0)))
         log += found.extra["log"]
         if found.solver.objective < best_cost:

@@ -269,7 +269,8 @@ def _profile(problem: Problem, steps: list[Step]) -> list[int]:
         elif s.kind == "free":
             used -= align_up(problem.sizes[s.tensor], a)  # type: ignore[index]
         elif s.kind == "compute":
-            used += sum(align_up(problem.sizes[t], a) for t in g.op(s.op).outputs if t in problem.sizes)  # type: ignore[union-attr]
+            outs = g.op(s.op).outputs  # type: ignore[arg-type]
+            used += sum(align_up(problem.sizes[t], a) for t in outs if t in problem.sizes)
         out.append(used)
     return out
 
@@ -281,7 +282,8 @@ def _place_near(problem: Problem, old: list[Step], new: list[Step], time_limit: 
     although the changed residencies fit where the old ones were. None when no packing is
     found in `time_limit`."""
     bufs, where = baselines.residencies(problem, new)
-    at = dict(zip(_keys(old, *baselines.residencies(problem, old)), _offsets(old, baselines.residencies(problem, old)[1])))
+    old_bufs, old_where = baselines.residencies(problem, old)
+    at = dict(zip(_keys(old, old_bufs, old_where), _offsets(old, old_where)))
     for b, k in zip(bufs, _keys(new, bufs, where)):
         b.offset = at.get(k)
     if all(b.offset is not None for b in bufs):
