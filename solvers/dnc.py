@@ -2,8 +2,9 @@
 
 The schedule is fixed first (the hierarchical min-peak order of `planner.schedule`), then
 cut into segments of at most `segment_ops` ops. Each segment becomes a small problem that
-the exact solver (`solvers.exact`, fixed order) solves given what crosses its two
-boundaries; the segment plans are stitched into one, and offsets are re-placed globally.
+the exact solver (`solvers.exact`) solves given what crosses its two boundaries, free to
+reorder the segment's ops; the segment plans are stitched into one, and offsets are
+re-placed globally.
 
 What crosses a boundary comes from a **guide** plan (the better baseline on the order,
 later the best stitched plan): a live tensor the guide keeps resident across the cut is
@@ -18,17 +19,33 @@ segment problem therefore has two extra ops:
 
 Every segment problem holds the guide's own segment as a solution, so segments only
 improve on it (up to offsets). A segment whose tensors fit without spilling is solved on
-the spot (zero traffic is optimal); the others share the pass's time, and the exact
-solver stops early on the ones it proves optimal. Segments of one pass are independent
-and run in parallel processes. The first pass carries every live tensor across its cuts
-where they fit; each further pass shifts the cuts by a fraction of a segment and carries
-what the best plan so far keeps resident there, until a pass after the first does not
-improve it. Each pass gets half the time left, the last one all of it.
+the spot (zero traffic is optimal); the others share the pass's time: the exact solver
+first plans the segment in its order (the fixed-order model, often proven in well under
+a second), then lets its ops move up to `radius` places inside their ASAP/ALAP windows
+(`exact.improve`, warm-started from that plan) with B pinned first and E last, so no op
+crosses a cut and what crosses it stays as decided. A fixed order is what kept dnc far
+from the optimum on NAS cells, whose branches the min-peak order interleaves: PNASNet-5
+at M_H has a 40-op segment that moves 1.29 MB in the min-peak order and 0.38-0.42 MB
+reordered. Segments of one pass are independent and run in parallel processes.
+
+The first pass carries every live tensor across its cuts where they fit; each further
+pass cuts the best plan's own order (segments reorder) shifted by a fraction of a
+segment and carries what that plan keeps resident there, until a pass after the first
+does not improve it. Each pass gets half the time left, the last one all of it; with
+`lns` the passes share half of the time and the large-neighbourhood search
+(`solvers.lns`) improves the best plan with the rest: it re-solves windows of the plan
+whose cuts fall between dnc's, so a store in one segment and its reload in the next are
+decided together.
 Stitching drops B, E, the loads of carried tensors and the frees at the cut; the greedy
 arena allocators, then the exact one, place every residency. Where that overflows the
 capacity, the budgets of the segments it overflows are lowered (by half their overflow,
 then by all of it) and those segments alone solved again. The best COSMA baseline
 remains the fallback: the plan never has more traffic than it.
+
+With `lower_bound` (bytes of non-compulsory traffic no plan beats, from a global bound)
+the solve stops as soon as the best plan meets it and reports it optimal with that bound;
+otherwise the plan is "feasible" with that bound and its gap. `progress` hears of every
+better plan: {"traffic", "bound", "elapsed"}.
 
 A graph of at most `segment_ops` ops is one segment: `solvers.exact` on the whole problem.
 """
@@ -39,6 +56,7 @@ import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 from planner.bounds import check_budget, min_peak
 from planner.ir import Graph, Op, Tensor
@@ -46,6 +64,7 @@ from planner.plan import Plan, SolverInfo, Step
 from planner.problem import Problem, align_up
 from planner.solvers import alloc, baselines
 from planner.solvers import exact as exact_solver
+from planner.solvers.exact.model import windows
 
 __all__ = ["Params", "solve"]
 
@@ -64,6 +83,10 @@ class Params:
     backend: str = "highs"  # the exact solver's back end
     refits: int = 3  # re-solves of overflowing segments with lower budgets when offsets do not fit
     alloc_time_limit: float = 5.0  # seconds for the exact offset search of a stitched plan
+    radius: int = 40  # most places an op may move from the guide's order in a segment (0: fixed order)
+    lns: bool = True  # after the passes, the large-neighbourhood search (solvers.lns) for the time left
+    lower_bound: float | None = None  # bytes of non-compulsory traffic no plan beats: stop on reaching it
+    progress: Callable[[dict], None] | None = None  # called with {"traffic", "bound", "elapsed"} as the plan improves
 
 
 def solve(problem: Problem, params: Params | None = None) -> Plan:
@@ -76,9 +99,10 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
 
     Returns
     -------
-    Plan with status "optimal" when it moves no non-compulsory byte (or the graph is one
-    segment and the exact solver proved it), else "feasible" with bound 0: no global
-    bound is computed for stitched plans. `extra` holds the segments and pass log.
+    Plan with status "optimal" when it moves no non-compulsory byte, meets
+    `params.lower_bound`, or the graph is one segment and the exact solver proved it;
+    else "feasible" with bound `lower_bound` (0 without one): no global bound is computed
+    here. `extra` holds the baselines and the log of passes and search sweeps.
 
     Raises
     ------
@@ -97,6 +121,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     deadline = t0 + (math.inf if params.time_limit is None else params.time_limit)
     check_budget(problem)
     g = problem.graph
+    target = 0 if params.lower_bound is None else params.lower_bound  # no plan moves fewer bytes
     if problem.fixed_order:
         order = [o.name for o in g.ops]
     else:
@@ -104,8 +129,13 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     if len(order) <= params.segment_ops:  # one segment: the exact solver on the whole problem
         p = exact_solver.solve(problem, exact_solver.Params(time_limit=_left(deadline), schedule=order,
                                                             backend=params.backend))
-        p.solver = dataclasses.replace(p.solver, name="dnc", seconds=time.perf_counter() - t0)
+        cost = p.solver.objective
+        bound = min(cost, max(p.solver.bound, target))
+        p.solver = dataclasses.replace(p.solver, name="dnc", status="optimal" if cost <= bound else "feasible",
+                                       bound=bound, gap=0.0 if cost == 0 else (cost - bound) / cost,
+                                       seconds=time.perf_counter() - t0)
         p.extra = {**p.extra, "segments": 1}
+        _report(params, p.solver.objective, t0)
         return p
     # the four baselines: the fallback, and the guide (the better one on `order`)
     runs = [(f"{name}-{rep}", baselines.Params(replacement=rep, schedule=sched))
@@ -117,17 +147,21 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     best_name = min(base, key=lambda k: base[k][0])
     best_cost, best = base[best_name]
     guide_cost, guide = min((base["minpeak-belady"], base["minpeak-greedy"]), key=lambda c: c[0])
+    _report(params, best_cost, t0)
     log: list[str] = []
     source = best_name
-    if best_cost > 0:
+    # the passes get half the time when the search follows them (they usually need less)
+    passes_end = deadline if not params.lns else time.perf_counter() + (deadline - time.perf_counter()) / 2
+    if best_cost > target:
         for k in range(params.passes):
-            if time.perf_counter() > deadline:
+            if time.perf_counter() > passes_end:
                 log.append(f"pass {k}: skipped, time limit")
                 break
             shift = k * params.segment_ops // params.passes
             now = time.perf_counter()
-            until = now + (deadline - now) * (1.0 if k == params.passes - 1 else 0.5)  # half the time left
-            steps, note = _pass(problem, order, guide.steps, shift, params, until)
+            until = now + (passes_end - now) * (1.0 if k == params.passes - 1 else 0.5)  # half the time left
+            guide_order = [s.op for s in guide.steps if s.kind == "compute"]  # segments reorder: the guide's own
+            steps, note = _pass(problem, guide_order, guide.steps, shift, params, until)
             cost, pl = math.inf, None
             if steps is not None:
                 pl = Plan.build(problem, steps, SolverInfo("dnc", "feasible"))
@@ -136,16 +170,36 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             log.append(f"pass {k}: {note}")
             if cost < best_cost:
                 best_cost, best, source = cost, pl, f"pass {k}"
+                _report(params, best_cost, t0)
             if cost < guide_cost:
                 guide_cost, guide = cost, pl
-            elif k >= 1:
+            elif k >= 1 or best_cost <= target:
                 break  # a pass on the best plan's boundaries that does not improve it: they settled
-    status = "optimal" if best_cost == 0 else "feasible"
-    info = SolverInfo("dnc", status, objective=best_cost, bound=0, gap=0.0 if best_cost == 0 else 1.0,
-                      seconds=time.perf_counter() - t0)
+    if params.lns and best_cost > target and time.perf_counter() < deadline:
+        from planner.solvers import lns  # the search re-solves windows as this module's segments
+
+        found = lns.solve(problem, lns.Params(
+            time_limit=None if deadline == math.inf else deadline - time.perf_counter(), start=best.steps,
+            window_ops=params.segment_ops, radius=params.radius, backend=params.backend,
+            window_time_limit=min(params.segment_time_limit, lns.Params.window_time_limit),
+            lower_bound=params.lower_bound,
+            progress=None if params.progress is None else lambda e: _report(params, e["traffic"], t0)))
+        log += found.extra["log"]
+        if found.solver.objective < best_cost:
+            best_cost, best, source = found.solver.objective, found, "lns"
+    bound = min(best_cost, target)
+    status = "optimal" if best_cost <= bound else "feasible"
+    info = SolverInfo("dnc", status, objective=best_cost, bound=bound,
+                      gap=0.0 if best_cost == 0 else (best_cost - bound) / best_cost, seconds=time.perf_counter() - t0)
     plan = Plan.build(problem, best.steps, info)
     plan.extra = {"found_by": source, "baselines": {k: v[0] for k, v in base.items()}, "log": log}
     return plan
+
+
+def _report(params: Params, traffic: float, t0: float) -> None:
+    """Tells `params.progress` (when set) the traffic of the best plan so far."""
+    if params.progress is not None:
+        params.progress({"traffic": traffic, "bound": params.lower_bound, "elapsed": time.perf_counter() - t0})
 
 
 def _map(workers: int, fn, items: list) -> list:
@@ -188,6 +242,7 @@ class _Segment:
     carried_in: list[str]  # resident when the segment starts
     carried_out: list[str]  # resident when it ends
     backend: str
+    radius: int = 0  # most positions an op may move from the segment's order
     time_limit: float = math.inf  # seconds for its exact solve
     stop: float = math.inf  # wall clock (time.time) past which only its baselines run
 
@@ -215,7 +270,7 @@ def _pass(problem: Problem, order: list[str], guide: list[Step], shift: int, par
         todo = [i for i in range(n) if segs[i] is None]
         for i in todo:
             segs[i] = _segment(problem, order, cuts[i], cuts[i + 1], carried[i], carried[i + 1], caps[i],
-                               params.backend)
+                               params.backend, params.radius)
             plans[i] = _no_spill(segs[i])  # fits without spilling: solved (optimally) here
         # the other segments share half of what is left of the pass (all of it on the last
         # try), once building, stitching and placing are paid for
@@ -321,8 +376,14 @@ def _kept_at(problem: Problem, order: list[str], guide: list[Step], cuts: list[i
 
 
 def _segment(problem: Problem, order: list[str], lo: int, hi: int, carried_in: list[str], carried_out: list[str],
-             capacity: int, backend: str) -> _Segment:
-    """The problem of ops order[lo:hi] between two boundaries (see the module docstring)."""
+             capacity: int, backend: str, radius: int = 0, has_copy: frozenset[str] = frozenset(),
+             need_copy: frozenset[str] = frozenset()) -> _Segment:
+    """The problem of ops order[lo:hi] between two boundaries (see the module docstring).
+    Cutting a whole plan's order, each segment stores what it spills; a window of a plan
+    (solvers.lns) knows more from the plan around it: `has_copy`, the carried-in
+    activations slow memory already holds (B reads them: spilling them costs no store),
+    and `need_copy`, the carried-out ones the rest of the plan reloads without storing
+    them first (the window must store them)."""
     g = problem.graph
     ops = [g.op(o) for o in order[lo:hi]]
     inside = {o.name for o in ops}
@@ -334,7 +395,7 @@ def _segment(problem: Problem, order: list[str], lo: int, hi: int, carried_in: l
 
     def has_slow_copy(t: str) -> bool:  # at the start of the segment
         kind = g.tensors[t].kind
-        return kind in ("input", "weight", "output") or t not in carried_in_set
+        return kind in ("input", "weight", "output") or t not in carried_in_set or t in has_copy
 
     begin_reads = [t for t in carried_in if has_slow_copy(t)]
     begin_writes = [t for t in carried_in if not has_slow_copy(t)]
@@ -345,7 +406,7 @@ def _segment(problem: Problem, order: list[str], lo: int, hi: int, carried_in: l
     for t in names:
         tt = g.tensors[t]
         if tt.producer in inside or t in begin_writes:
-            must_store = tt.kind == "output" or (used_after(t) and t not in carried_out_set)
+            must_store = tt.kind == "output" or (used_after(t) and (t not in carried_out_set or t in need_copy))
             kind = "output" if must_store else "activation"
             producer = tt.producer if tt.producer in inside else BEGIN
         else:
@@ -365,7 +426,7 @@ def _segment(problem: Problem, order: list[str], lo: int, hi: int, carried_in: l
     outputs = [t for t, v in tensors.items() if v.kind == "output"]
     sub = Graph(f"{g.name}[{lo}:{hi}]", tensors, sub_ops, inputs, outputs)
     target = problem.target.with_capacity(capacity)
-    return _Segment(Problem(sub, target, fixed_order=True), list(carried_in), list(carried_out), backend)
+    return _Segment(Problem(sub, target, fixed_order=True), list(carried_in), list(carried_out), backend, radius)
 
 
 def _no_spill(seg: _Segment) -> list[Step] | None:
@@ -402,29 +463,61 @@ def _no_spill(seg: _Segment) -> list[Step] | None:
 
 
 def _solve_segment(seg: _Segment) -> list[Step]:
-    """The exact solver on one segment (fixed order) for its share of the pass; once the
-    pass's time is spent, the better of the segment's two baselines instead."""
-    limit = min(seg.time_limit, seg.stop - time.time())
+    """The exact solver on one segment for its share of the pass: first in the segment's
+    order (the fixed-order model, fast and often proven), then, with a radius, in the
+    neighbourhood where each op may move up to `radius` places (`_neighbourhood`),
+    warm-started from that plan, for the rest of the share. Once the pass's time is
+    spent, the better of the segment's two baselines instead."""
+    t0 = time.time()
+    limit = min(seg.time_limit, seg.stop - t0)
     if limit < MIN_SEGMENT_SECONDS:
         runs = [baselines.solve(seg.problem, baselines.Params(replacement=r)) for r in ("belady", "greedy")]
         return min(runs, key=lambda p: _cost(seg.problem, p)).steps
+    first = limit if seg.radius == 0 or limit == math.inf else limit / 3  # what it leaves, the reordering gets
     p = exact_solver.solve(seg.problem, exact_solver.Params(
-        time_limit=None if limit == math.inf else limit, backend=seg.backend, order_bound=False, joint=False,
-        alloc_time_limit=min(5.0, max(0.1, limit / 4))))
+        time_limit=None if first == math.inf else first, backend=seg.backend, order_bound=False, joint=False,
+        alloc_time_limit=min(5.0, max(0.1, first / 4))))
+    left = limit - (time.time() - t0)
+    if seg.radius > 0 and p.solver.objective > 0 and left >= MIN_SEGMENT_SECONDS:
+        free = dataclasses.replace(seg.problem, fixed_order=False)
+        order = [s.op for s in p.steps if s.kind == "compute"]
+        p = exact_solver.improve(free, p, _neighbourhood(free, order, seg.radius), exact_solver.Params(
+            time_limit=None if left == math.inf else left, backend=seg.backend,
+            alloc_time_limit=min(5.0, max(0.1, left / 4))))
     return p.steps
 
 
-def _stitch(problem: Problem, segs: list[_Segment], plans: list[list[Step]]) -> tuple[list[Step], list[int]]:
+def _neighbourhood(problem: Problem, order: list[str], radius: int) -> dict[str, tuple[int, int]]:
+    """Per op of a segment problem, the steps it may run at when the segment reorders:
+    within `radius` of its place in `order` (which keeps the joint model small enough to
+    solve in a share of a pass) and inside its ASAP/ALAP window; B stays first and E last,
+    since what crosses the cuts is resident exactly there."""
+    asap_alap = windows(problem, True)
+    first = 1 if order[0] == BEGIN else 0
+    last = len(order) - (2 if order[-1] == END else 1)
+    out = {}
+    for i, o in enumerate(order):
+        if o in (BEGIN, END):
+            out[o] = (i, i)
+        else:
+            lo, hi = asap_alap[o]
+            out[o] = (max(lo, i - radius, first), min(hi, i + radius, last))
+    return out
+
+
+def _stitch(problem: Problem, segs: list[_Segment], plans: list[list[Step]], resident: set[str] | None = None,
+            stored: set[str] | None = None) -> tuple[list[Step], list[int]]:
     """One step list from the segment plans (offsets left to `_place`): the boundary ops,
     loads of tensors already resident, stores of tensors slow memory already holds and
     the frees after E are dropped; what a segment leaves resident beyond its carried-out
-    tensors is freed at its end. Returns the steps and where each segment's steps start
-    (one more entry: the end)."""
+    tensors is freed at its end. `resident` and `stored` say what fast and slow memory
+    hold before the first segment (nothing and the inputs and weights: the graph's
+    start). Returns the steps and where each segment's steps start (one more entry: the end)."""
     g = problem.graph
     steps: list[Step] = []
     starts: list[int] = []
-    resident: set[str] = set()
-    stored = {t for t in problem.sizes if g.tensors[t].kind in ("input", "weight")}
+    resident = set() if resident is None else set(resident)
+    stored = {t for t in problem.sizes if g.tensors[t].kind in ("input", "weight")} if stored is None else set(stored)
     for seg, sub in zip(segs, plans):
         starts.append(len(steps))
         keep, ended = set(seg.carried_out), False

@@ -40,7 +40,7 @@ from planner.solvers import baselines
 from planner.solvers.exact import backends, decode, orders as order_model, stages
 from planner.solvers.exact.model import Flags, build, windows
 
-__all__ = ["Params", "solve"]
+__all__ = ["Params", "improve", "solve"]
 
 
 @dataclass
@@ -156,6 +156,31 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     plan = Plan.build(problem, best.plan.steps, info)
     plan.extra = {"found_by": best.source}
     return plan
+
+
+
+def improve(problem: Problem, plan: Plan, window: dict[str, tuple[int, int]], params: Params | None = None) -> Plan:
+    """`plan`, or a better plan in its neighbourhood: the joint model (3) with each op o at
+    a step of window[o] (which must hold the plan's own order), warm-started from `plan`,
+    for params.time_limit. A neighbourhood narrow enough to solve is how large graphs
+    reorder (solvers.dnc's segments, solvers.lns's windows) where the joint model on the
+    whole graph is far too big.
+
+    Returns the better plan with status "optimal" when nothing better exists in the
+    neighbourhood, else "feasible"; objective in both cases, bound 0 (a neighbourhood's
+    bound is no bound on the problem)."""
+    params = params or Params()
+    t0 = time.perf_counter()
+    deadline = t0 + (math.inf if params.time_limit is None else params.time_limit)
+    flags = Flags(params.windows, params.jit_loads, params.early_evict, params.strong_precedence, params.liveness_cuts)
+    best = _Best(plan, _cost(problem, plan), "start")
+    f = build(problem, flags, window=window)
+    bound = _rounds(f, problem, params, best, deadline, "window", _encode(f, problem, plan, params))
+    info = SolverInfo("exact", "optimal" if best.cost <= bound else "feasible", objective=best.cost, bound=0.0,
+                      gap=0.0 if best.cost == 0 else 1.0, seconds=time.perf_counter() - t0)
+    out = Plan.build(problem, best.plan.steps, info)
+    out.extra = {"found_by": best.source}
+    return out
 
 
 @dataclass

@@ -1,0 +1,415 @@
+"""Large-neighbourhood search: a plan improved one window at a time, for the whole time
+limit or until it meets a lower bound.
+
+dnc plans each segment with what crosses its cuts fixed beforehand, so a store in one
+segment and the reload it pays for in the next, or an op that would rather run on the
+other side of a cut, are never decided together. Here the plan itself fixes the rest:
+a **window**, `window_ops` consecutive ops of the plan's order, becomes a dnc segment
+problem whose boundaries are what the plan holds at the window's two ends
+
+    prefix (fixed) | B ──> window ops (re-solved) ──> E | suffix (fixed)
+                     B: the plan's resident tensors      E: what the suffix expects
+                        there; the activations slow         resident; the ones it
+                        memory already holds are read       reloads without storing
+                        (spilling them costs no store)      them itself are stored
+
+and is solved exactly, the order free within `radius` places (`dnc._solve_segment`),
+then spliced back (stores slow memory already holds and loads of resident tensors
+dropped) and the offsets of the whole plan placed again; where they overflow, the
+window's budget is lowered by the overflow and the window solved once more. A window's
+plan is kept only when it moves fewer bytes and the simulator replays it without fault,
+so the search never makes a plan worse.
+
+Windows overlap by half, and each sweep starts a third of a window further on, so every
+cut of an earlier sweep, and of dnc's passes, lies inside a later window. Windows whose
+steps move no non-compulsory byte are skipped (nothing there to save). A sweep that
+improves nothing widens the windows by half, up to `max_window_ops`; two such sweeps at
+that width end the search early: every window is then at a local optimum.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from planner.bounds import check_budget, min_peak
+from planner.plan import Plan, SolverInfo, Step
+from planner.problem import Problem, align_up
+from planner.solvers import alloc, baselines, dnc
+
+__all__ = ["Params", "solve"]
+
+
+@dataclass
+class Params:
+    time_limit: float | None = 60.0  # seconds for the whole search (None: until it settles)
+    start: list[Step] | None = None  # the plan to improve, offsets placed; the best COSMA baseline when None
+    window_ops: int = 40  # ops per window at first
+    max_window_ops: int = 120  # widest window (sweeps that improve nothing widen them)
+    radius: int = 40  # most places an op may move from the plan's order in a window (0: fixed order)
+    window_time_limit: float = 5.0  # seconds for one window's exact solve, at most (many windows, not a few proofs)
+    backend: str = "highs"  # the exact solver's back end
+    alloc_time_limit: float = 2.0  # seconds for the exact offset search of a spliced plan
+    lower_bound: float | None = None  # bytes of non-compulsory traffic no plan beats: stop on reaching it
+    progress: Callable[[dict], None] | None = None  # called with {"traffic", "bound", "elapsed"} on each improvement
+
+
+def solve(problem: Problem, params: Params | None = None) -> Plan:
+    """The start plan improved window by window (see the module docstring).
+
+    Parameters
+    ----------
+    problem : graph, target (capacity = budget); recompute is not used.
+    params : the start plan, window sizes, time limits, lower bound, progress callback.
+
+    Returns
+    -------
+    Plan with status "optimal" when its non-compulsory traffic meets `lower_bound` (or is
+    zero), else "feasible" with that bound (0 without one). `extra["log"]` has one line per
+    improvement and per sweep.
+
+    Raises
+    ------
+    Infeasible : the budget is below M_R.
+    """
+    params = params or Params()
+    t0 = time.perf_counter()
+    deadline = t0 + (math.inf if params.time_limit is None else params.time_limit)
+    check_budget(problem)
+    target = 0 if params.lower_bound is None else params.lower_bound
+    steps = params.start
+    if steps is None:  # the best of the four baselines, as dnc and exact start
+        order = min_peak(problem, time_limit=None if deadline == math.inf else max(1.0, 0.3 * params.time_limit)).order
+        runs = [baselines.solve(problem, baselines.Params(replacement=r, schedule=s))
+                for s in (None, order) for r in ("belady", "greedy")]
+        steps = min(runs, key=lambda p: traffic(problem, p.steps)).steps
+    cost = traffic(problem, steps)
+    if params.start is None:
+        _report(params, cost, t0)
+    log: list[str] = []
+    width, sweep, settled = params.window_ops, 0, 0
+    while cost > target and time.perf_counter() < deadline and settled < 2:
+        n = sum(1 for s in steps if s.kind == "compute")
+        width = min(width, n)
+        stride = max(1, width // 2)
+        first = (sweep * max(1, width // 3)) % stride
+        starts = {min(max(0, lo), n - width) for lo in range(first - stride, n - 1, stride)}
+        # the windows that move the most bytes first: where there is the most to save
+        cut = _cuts(steps)
+        moved = {lo: _moved(problem, steps, cut[lo], cut[lo + width]) for lo in starts}
+        improved, tried = 0, 0
+        for lo in sorted((lo for lo in starts if moved[lo] > 0), key=lambda lo: (-moved[lo], lo)):
+            if cost <= target or time.perf_counter() >= deadline:
+                break
+            found = _window(problem, steps, lo, lo + width, params, deadline)
+            tried += 1
+            if found is not None:
+                steps, cost = found
+                improved += 1
+                log.append(f"lns sweep {sweep}: window [{lo}, {lo + width}) -> non-compulsory {cost}")
+                _report(params, cost, t0)
+        log.append(f"lns sweep {sweep}: {width}-op windows from {first}, {tried} tried, {improved} improved")
+        sweep += 1
+        if not improved:
+            if width >= min(params.max_window_ops, n):
+                settled += 1
+            width = min(params.max_window_ops, width * 3 // 2)
+        else:
+            settled = 0
+    bound = min(cost, target)
+    status = "optimal" if cost <= bound else "feasible"
+    info = SolverInfo("lns", status, objective=cost, bound=bound, gap=0.0 if cost == 0 else (cost - bound) / cost,
+                      seconds=time.perf_counter() - t0)
+    plan = Plan.build(problem, steps, info)
+    plan.extra = {"log": log}
+    return plan
+
+
+def traffic(problem: Problem, steps: list[Step]) -> int:
+    """Non-compulsory bytes of `steps` (DESIGN §3)."""
+    return sum(problem.sizes[s.tensor] for s in steps if s.kind in ("load", "store")) - problem.compulsory_bytes()
+
+
+def _report(params: Params, cost: int, t0: float) -> None:
+    if params.progress is not None:
+        params.progress({"traffic": cost, "bound": params.lower_bound, "elapsed": time.perf_counter() - t0})
+
+
+def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Params,
+            deadline: float) -> tuple[list[Step], int] | None:
+    """Ops lo..hi-1 of the plan's order re-solved with the rest fixed: the new plan, placed
+    and replayed, and its traffic; or None when the window moves no non-compulsory byte,
+    or no plan of it moves fewer bytes and fits once placed. First with the residencies
+    that end or start near the window stretched across its cuts (`_boundary`), then, if
+    those do not fit once placed, as the plan has them; an overflow once placed lowers
+    the window's budget by the overflow, once per try."""
+    from planner.runtime.simulator import PlanViolation, simulate
+
+    g = problem.graph
+    cut = _cuts(steps)
+    if not _moved(problem, steps, cut[lo], cut[hi]):
+        return None
+    cost = traffic(problem, steps)
+    tries = [(True, problem.capacity), (False, problem.capacity)]
+    while tries:
+        stretch, capacity = tries.pop(0)
+        left = deadline - time.perf_counter()
+        if left <= dnc.MIN_SEGMENT_SECONDS:
+            return None
+        b = _boundary(problem, steps, cut, lo, hi, stretch)
+        if stretch and not b.stretched:
+            continue  # the same as the try without stretching
+        seg = dnc._segment(problem, b.order, lo, hi, b.carried_in, b.carried_out, capacity, params.backend,
+                           params.radius, b.has_copy, b.need_copy)
+        seg.time_limit = min(params.window_time_limit, left)
+        seg.stop = time.time() + seg.time_limit
+        sub = dnc._no_spill(seg) or dnc._solve_segment(seg)
+        body, _ = dnc._stitch(problem, [seg], [sub], set(b.carried_in), b.stored)
+        new = _tidy(problem, b.head + body + b.tail)
+        new_cost = traffic(problem, new)
+        if new_cost >= cost:
+            if capacity == problem.capacity:
+                return None  # the window is at a local optimum (stretched or not: one try is enough)
+            continue
+        budget = min(params.alloc_time_limit, max(0.1, left))
+        placed = _place_near(problem, steps, new, budget)
+        excess: list[int] = []
+        if placed is None:
+            placed, excess = dnc._place(problem, new, budget)
+        if placed is not None:
+            try:
+                simulate(Plan.build(problem, placed, SolverInfo("lns", "feasible")), g, problem.target)
+            except PlanViolation:
+                continue
+            return placed, new_cost
+        # the window's residencies overflow once placed: lower its budget by the overflow
+        over = max(excess[len(b.head):len(b.head) + len(body) + 1], default=0)
+        lowered = max(dnc._need(seg), capacity - max(over, problem.target.alignment))
+        if over > 0 and lowered < capacity == problem.capacity:
+            tries.insert(0, (stretch, lowered))
+    return None
+
+
+@dataclass
+class _Boundary:
+    """A window's two cuts as the plan (possibly stretched) has them, and the plan around it."""
+
+    order: list[str]
+    head: list[Step]  # the steps before the window (offsets dropped), frees of what is dead there added
+    tail: list[Step]  # the steps after it
+    carried_in: list[str]
+    carried_out: list[str]
+    has_copy: frozenset[str]
+    need_copy: frozenset[str]
+    stored: set[str]  # what slow memory holds at the window's start
+    stretched: int  # residencies stretched across the cuts
+
+
+def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: int, stretch: bool) -> _Boundary:
+    """What crosses the cuts of window [lo, hi). With `stretch`, a live tensor the plan
+    frees before the window and loads in it stays resident up to the window (its free
+    dropped), and one the window leaves resident or uses and the plan loads again after
+    it stays resident up to that load (the load dropped), largest first, where the
+    resident bytes stay within the capacity at every step: the window may then keep
+    them, which no window alone can decide when the free or the load lies outside it."""
+    g, size, a = problem.graph, problem.sizes, problem.target.alignment
+    order = [s.op for s in steps if s.kind == "compute"]
+    prefix, region, suffix = steps[:cut[lo]], steps[cut[lo]:cut[hi]], steps[cut[hi]:]
+    resident, stored = _scan(problem, prefix)
+    after, _ = _scan(problem, region, resident, stored)
+    pos = {o: i for i, o in enumerate(order)}
+    live_in, live_out = _live(problem, pos, lo), _live(problem, pos, hi)
+    carried_in, carried_out = resident & live_in, after & live_out
+    drop: set[int] = set()  # step indices
+    if stretch:
+        room = [problem.capacity - b for b in _profile(problem, steps)]
+
+        def fits(t: str, i: int, j: int) -> bool:  # t resident during steps i..j-1 too
+            if any(room[k] < align_up(size[t], a) for k in range(i, j)):
+                return False
+            for k in range(i, j):
+                room[k] -= align_up(size[t], a)
+            return True
+
+        last_free = {s.tensor: i for i, s in enumerate(prefix) if s.kind == "free"}
+        for t in sorted(live_in - resident, key=lambda t: (-size[t], t)):
+            if t in last_free and fits(t, last_free[t], cut[lo]):
+                drop.add(last_free[t])
+                carried_in.add(t)
+        used = {t for o in order[lo:hi] for t in problem.tensors_of(g.op(o))} | carried_in
+        first: dict[str, int] = {}
+        for i, s in enumerate(suffix, cut[hi]):
+            if s.kind in ("load", "store"):
+                first.setdefault(s.tensor, i)  # type: ignore[arg-type]
+        for t in sorted((live_out & used) - carried_out, key=lambda t: (-size[t], t)):
+            if t in first and steps[first[t]].kind == "load" and fits(t, cut[hi], first[t]):
+                drop.add(first[t])
+                carried_out.add(t)
+
+    def bare(i: int, s: Step) -> list[Step]:
+        return [] if i in drop else [Step(s.kind, tensor=s.tensor, op=s.op)]
+
+    head = [x for i, s in enumerate(prefix) for x in bare(i, s)]
+    head += [Step("free", tensor=t) for t in sorted(resident - live_in)]
+    tail = [x for i, s in enumerate(suffix, cut[hi]) for x in bare(i, s)]
+    has_copy = frozenset(t for t in carried_in if t in stored and g.tensors[t].kind == "activation")
+    need_copy = frozenset(_reloaded(problem, tail) & carried_out)
+    return _Boundary(order, head, tail, sorted(carried_in), sorted(carried_out), has_copy, need_copy, stored,
+                     len(drop))
+
+
+def _profile(problem: Problem, steps: list[Step]) -> list[int]:
+    """Padded bytes resident after each step."""
+    g, a = problem.graph, problem.target.alignment
+    out, used = [], 0
+    for s in steps:
+        if s.kind == "load":
+            used += align_up(problem.sizes[s.tensor], a)  # type: ignore[index]
+        elif s.kind == "free":
+            used -= align_up(problem.sizes[s.tensor], a)  # type: ignore[index]
+        elif s.kind == "compute":
+            outs = g.op(s.op).outputs  # type: ignore[arg-type]
+            used += sum(align_up(problem.sizes[t], a) for t in outs if t in problem.sizes)
+        out.append(used)
+    return out
+
+
+def _place_near(problem: Problem, old: list[Step], new: list[Step], time_limit: float) -> list[Step] | None:
+    """Offsets for `new` that keep those `old` gives every residency both plans have (same
+    tensor, same ops spanned): only what the window changed is placed, around the rest.
+    Where memory is nearly full, placing the whole plan again can fail for fragmentation
+    although the changed residencies fit where the old ones were. None when no packing is
+    found in `time_limit`."""
+    bufs, where = baselines.residencies(problem, new)
+    old_bufs, old_where = baselines.residencies(problem, old)
+    at = dict(zip(_keys(old, old_bufs, old_where), _offsets(old, old_where)))
+    for b, k in zip(bufs, _keys(new, bufs, where)):
+        b.offset = at.get(k)
+    if all(b.offset is not None for b in bufs):
+        return baselines.with_offsets(new, where, [b.offset for b in bufs])  # type: ignore[misc]
+    r = alloc.solve(bufs, problem.capacity, alloc.Params(time_limit=time_limit))
+    return None if r.offsets is None else baselines.with_offsets(new, where, r.offsets)
+
+
+def _keys(steps: list[Step], bufs: list[alloc.Buffer], where: list[tuple[int, str]]) -> list[tuple[str, int, int]]:
+    """Per residency: its tensor and the computes before its first and after its last step."""
+    done, k = [], 0
+    for s in steps:
+        done.append(k)
+        k += s.kind == "compute"
+    done.append(k)
+    return [(t, done[b.lower], done[b.upper]) for b, (_, t) in zip(bufs, where)]
+
+
+def _offsets(steps: list[Step], where: list[tuple[int, str]]) -> list[int | None]:
+    """The offset `steps` give each residency (at the load or compute that opens it)."""
+    out: list[int | None] = []
+    for i, t in where:
+        s = steps[i]
+        out.append(s.offset if s.kind == "load" else (s.offsets or {}).get(t))
+    return out
+
+
+def _cuts(steps: list[Step]) -> list[int]:
+    """Per cut c of the plan's order (before its c-th compute; 0..n): the index of the
+    step where it falls, after the stores and frees that follow compute c - 1."""
+    out = [0]
+    k = 0
+    for i, s in enumerate(steps):
+        if s.kind == "compute":
+            k = i + 1
+            while k < len(steps) and steps[k].kind in ("store", "free"):
+                k += 1
+            out.append(k)
+    out[-1] = len(steps)
+    return out
+
+
+def _scan(problem: Problem, steps: list[Step], resident: set[str] | None = None,
+          stored: set[str] | None = None) -> tuple[set[str], set[str]]:
+    """What fast memory holds and what slow memory holds after `steps`, from the given
+    state (the graph's start when None)."""
+    g = problem.graph
+    resident = set() if resident is None else set(resident)
+    stored = {t for t in problem.sizes if g.tensors[t].kind in ("input", "weight")} if stored is None else set(stored)
+    for s in steps:
+        if s.kind == "load":
+            resident.add(s.tensor)  # type: ignore[arg-type]
+        elif s.kind == "store":
+            stored.add(s.tensor)  # type: ignore[arg-type]
+        elif s.kind == "free":
+            resident.discard(s.tensor)  # type: ignore[arg-type]
+        else:
+            resident |= {t for t in g.op(s.op).outputs if t in problem.sizes}  # type: ignore[arg-type]
+    return resident, stored
+
+
+def _moved(problem: Problem, steps: list[Step], i: int, j: int) -> int:
+    """Non-compulsory bytes that steps[i:j] move: reloads, loads of activations, stores
+    of anything but graph outputs."""
+    g = problem.graph
+    seen = {s.tensor for s in steps[:i] if s.kind == "load"}
+    out = 0
+    for s in steps[i:j]:
+        kind = g.tensors[s.tensor].kind if s.tensor is not None else None
+        if s.kind == "load":
+            if kind not in ("input", "weight") or s.tensor in seen:
+                out += problem.sizes[s.tensor]  # type: ignore[index]
+            seen.add(s.tensor)
+        elif s.kind == "store" and kind != "output":
+            out += problem.sizes[s.tensor]  # type: ignore[index]
+    return out
+
+
+def _live(problem: Problem, pos: dict[str, int], c: int) -> set[str]:
+    """The tensors used both before position c of the order and at or after it."""
+    g = problem.graph
+    out = set()
+    for t in problem.sizes:
+        tt = g.tensors[t]
+        uses = [pos[u] for u in tt.consumers] + ([pos[tt.producer]] if tt.producer else [])
+        if uses and min(uses) < c <= max(uses):
+            out.add(t)
+    return out
+
+
+def _reloaded(problem: Problem, steps: list[Step]) -> set[str]:
+    """The activations `steps` load before they store them: slow memory must hold them already."""
+    g = problem.graph
+    first: dict[str, str] = {}
+    for s in steps:
+        if s.kind in ("load", "store") and s.tensor not in first:
+            first[s.tensor] = s.kind  # type: ignore[index]
+    return {t for t, k in first.items() if k == "load" and g.tensors[t].kind == "activation"}
+
+
+def _tidy(problem: Problem, steps: list[Step]) -> list[Step]:
+    """`steps` without the loads of what is resident, the stores of what slow memory
+    already holds (tensors never change, so one copy serves every reload) and the stores
+    of activations nothing loads afterwards (a window may have made them needless)."""
+    g = problem.graph
+    resident: set[str] = set()
+    stored = {t for t in problem.sizes if g.tensors[t].kind in ("input", "weight")}
+    out = []
+    for s in steps:
+        if (s.kind == "store" and s.tensor in stored) or (s.kind == "load" and s.tensor in resident):
+            continue
+        out.append(s)
+        if s.kind == "load":
+            resident.add(s.tensor)  # type: ignore[arg-type]
+        elif s.kind == "store":
+            stored.add(s.tensor)  # type: ignore[arg-type]
+        elif s.kind == "free":
+            resident.discard(s.tensor)  # type: ignore[arg-type]
+        else:
+            resident |= {t for t in g.op(s.op).outputs if t in problem.sizes}  # type: ignore[arg-type]
+    loaded_later: set[str] = set()
+    keep = []
+    for s in reversed(out):
+        if s.kind == "load":
+            loaded_later.add(s.tensor)  # type: ignore[arg-type]
+        elif s.kind == "store" and s.tensor not in loaded_later and g.tensors[s.tensor].kind != "output":
+            continue
+        keep.append(s)
+    return keep[::-1]

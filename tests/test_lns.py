@@ -1,0 +1,115 @@
+"""Reordering segments (solvers.dnc) and the large-neighbourhood search (solvers.lns):
+plans the simulator accepts, never worse than where they start, better where a fixed
+order must spill, the lower bound and the progress callback honoured."""
+import pytest
+
+from benchmarks.scaling import layered_dag
+from planner import bounds
+from planner.ir import Target
+from planner.problem import Problem
+from planner.runtime.simulator import simulate
+from planner.solvers import baselines, dnc, lns
+from tests.graphs import build
+
+T = Target("t", capacity=10**9, alignment=64, element_bytes=1)
+
+
+def blocks(k: int):
+    """k blocks in a chain; block i reads the previous join h{i-1} and makes two big
+    tensors a, b and two small ones c, d:
+
+        h ──> A(100) ──> c(10) ──┐
+          └─> B(100) ──> d(10) ──┴──> h'(10)
+
+    The order A, B, c, d holds A and B together (x + A + B = 210 bytes); A, c, B, d never
+    more than 120. At capacity 130 the first order must spill 100 bytes per block."""
+    rows, sizes = [], {"h-1": 10}
+    bad = []
+    for i in range(k):
+        h = f"h{i - 1}"
+        rows += [(f"a{i}", [h], [f"A{i}"]), (f"b{i}", [h], [f"B{i}"]), (f"c{i}", [f"A{i}"], [f"C{i}"]),
+                 (f"d{i}", [f"B{i}"], [f"D{i}"]), (f"j{i}", [f"C{i}", f"D{i}"], [f"h{i}"])]
+        sizes |= {f"A{i}": 100, f"B{i}": 100, f"C{i}": 10, f"D{i}": 10, f"h{i}": 10}
+        bad += [f"a{i}", f"b{i}", f"c{i}", f"d{i}", f"j{i}"]
+    return build(rows, sizes, name=f"blocks_{k}"), bad
+
+
+def noncompulsory(pr: Problem, plan) -> int:
+    m = simulate(plan, pr.graph, pr.target).metrics  # raises on any broken rule
+    assert m.noncompulsory_bytes == plan.solver.objective
+    return m.noncompulsory_bytes
+
+
+def test_reordered_segments_are_valid_across_several_cuts():
+    g, bad = blocks(8)
+    pr = Problem(g, Target("t", 130, alignment=1, element_bytes=1))
+    fixed = dnc.solve(pr, dnc.Params(schedule=bad, segment_ops=10, radius=0, lns=False, time_limit=30))
+    assert noncompulsory(pr, fixed) > 0  # the order spills in every block
+    p = dnc.solve(pr, dnc.Params(schedule=bad, segment_ops=10, lns=False, time_limit=30))
+    assert noncompulsory(pr, p) == 0 and p.solver.status == "optimal"
+    assert p.schedule() != bad  # segments reordered, each inside its cuts
+    assert p.extra["found_by"].startswith("pass")
+
+
+def test_lns_improves_a_fixed_order_plan_and_never_worsens_it():
+    g, bad = blocks(8)
+    pr = Problem(g, Target("t", 130, alignment=1, element_bytes=1))
+    start = baselines.solve(pr, baselines.Params(replacement="belady", schedule=bad))
+    before = noncompulsory(pr, start)
+    assert before > 0
+    p = lns.solve(pr, lns.Params(start=start.steps, window_ops=10, time_limit=60))
+    assert noncompulsory(pr, p) < before
+    assert p.solver.objective == 0 and p.solver.status == "optimal"
+
+
+@pytest.mark.parametrize("budget, seed", [("M_R", 0), ("M_H", 1)])
+def test_lns_on_a_layered_dag_is_valid_and_no_worse(budget, seed):
+    g = layered_dag(120, seed)
+    b = bounds.budgets(Problem(g, T), time_limit=5)
+    pr = Problem(g, T.with_capacity(b.get(budget)))
+    start = min((baselines.solve(pr, baselines.Params(replacement=r, schedule=b.order)) for r in ("belady", "greedy")),
+                key=lambda p: lns.traffic(pr, p.steps))
+    seen = []
+    p = lns.solve(pr, lns.Params(start=start.steps, window_ops=20, window_time_limit=2, time_limit=8,
+                                 progress=seen.append))
+    assert noncompulsory(pr, p) <= lns.traffic(pr, start.steps)
+    assert [e["traffic"] for e in seen] == sorted((e["traffic"] for e in seen), reverse=True)
+    assert not seen or seen[-1]["traffic"] == p.solver.objective
+
+
+def test_dnc_stops_at_the_lower_bound_and_reports_progress():
+    g = layered_dag(150, 2)
+    b = bounds.budgets(Problem(g, T), time_limit=5)
+    pr = Problem(g, T.with_capacity(b.get("M_R")))
+    best = min(lns.traffic(pr, baselines.solve(pr, baselines.Params(replacement=r, schedule=s)).steps)
+               for s in (None, b.order) for r in ("belady", "greedy"))
+    seen = []
+    p = dnc.solve(pr, dnc.Params(schedule=b.order, segment_ops=30, time_limit=600, lower_bound=best,
+                                 progress=seen.append))
+    # the best baseline meets the bound: nothing is solved, the plan is proven optimal
+    assert noncompulsory(pr, p) == best
+    assert p.solver.status == "optimal" and p.solver.bound == best and p.solver.gap == 0.0
+    assert p.extra["log"] == []
+    assert seen and seen[-1] == {"traffic": best, "bound": best, "elapsed": seen[-1]["elapsed"]}
+
+
+def test_dnc_with_a_bound_it_does_not_reach_reports_the_gap():
+    g, bad = blocks(8)
+    pr = Problem(g, Target("t", 130, alignment=1, element_bytes=1))
+    seen = []
+    p = dnc.solve(pr, dnc.Params(schedule=bad, segment_ops=10, radius=0, lns=False, time_limit=30,
+                                 lower_bound=1.0, progress=seen.append))
+    cost = noncompulsory(pr, p)
+    assert cost > 1
+    assert p.solver.status == "feasible" and p.solver.bound == 1.0 and p.solver.gap == (cost - 1.0) / cost
+    assert seen[-1]["traffic"] == p.solver.objective and seen[0]["traffic"] >= seen[-1]["traffic"]
+
+
+@pytest.mark.slow
+def test_dnc_with_lns_beats_fixed_order_dnc_on_a_layered_dag():
+    g = layered_dag(300, 0)
+    b = bounds.budgets(Problem(g, T), time_limit=10)
+    pr = Problem(g, T.with_capacity(b.get("M_R")))
+    old = dnc.solve(pr, dnc.Params(schedule=b.order, radius=0, lns=False, time_limit=60))
+    new = dnc.solve(pr, dnc.Params(schedule=b.order, time_limit=60))
+    assert noncompulsory(pr, new) < noncompulsory(pr, old)
