@@ -38,7 +38,7 @@ from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
 from planner.solvers import baselines
 from planner.solvers.exact import backends, decode, orders as order_model, stages
-from planner.solvers.exact.model import Flags, build, windows
+from planner.solvers.exact.model import Flags, build, columns, windows
 
 __all__ = ["Params", "solve"]
 
@@ -128,8 +128,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
                 bound = max(bound, _relaxed_bound(problem, params, flags, order, deadline) if redo else lb)
         # The joint model's size: one column per op and step of its window, per tensor and
         # step it may be resident. Past `joint_max_columns` its LP does not solve in time.
-        size = sum(hi - lo + 1 for lo, hi in win.values() if hi > lo) + sum(
-            max(win[o][1] for o in uses) - min(win[o][0] for o in uses) + 1 for uses in _uses(problem))
+        size = columns(problem, win)
         joint = params.joint and not forced and size <= params.joint_max_columns and not redo
         # Stage 2: bounds over all orders, the spine relaxation first (small, and its
         # solution suggests an order), then the relative-order relaxation.
@@ -280,18 +279,6 @@ def _spine_bound(problem: Problem, params: Params, flags: Flags, best: _Best, de
             f = build(problem, flags, order, recompute="plan" if problem.allow_recompute else "")
             _rounds(f, problem, params, best, deadline, f"spine {i} order", _hint(f, problem, order, params))
     return bound
-
-
-def _uses(problem: Problem) -> list[list[str]]:
-    """Per tracked tensor with a use, the ops that need it resident."""
-    g = problem.graph
-    out = []
-    for t in problem.sizes:
-        tt = g.tensors[t]
-        u = ([tt.producer] if tt.producer else []) + list(tt.consumers)
-        if u:
-            out.append(u)
-    return out
 
 
 def _runs(sol: decode.Solution):

@@ -96,6 +96,21 @@ def windows(problem: Problem, enabled: bool, order: list[str] | None = None) -> 
     return {o.name: (bin(anc[i]).count("1"), n - 1 - desc[i]) for i, o in enumerate(ops)}
 
 
+def columns(problem: Problem, win: dict[str, tuple[int, int]] | None = None) -> int:
+    """The joint model's size, estimated without building it: one column per op and step
+    of its window (where it has a choice), one per tensor and step it may be resident.
+    Loads, stores and liveness columns add a fraction of that; rows grow with it."""
+    win = win or windows(problem, True)
+    g = problem.graph
+    total = sum(hi - lo + 1 for lo, hi in win.values() if hi > lo)
+    for t in problem.sizes:
+        tt = g.tensors[t]
+        uses = ([tt.producer] if tt.producer else []) + list(tt.consumers)
+        if uses:
+            total += max(win[o][1] for o in uses) - min(win[o][0] for o in uses) + 1
+    return total
+
+
 def build(problem: Problem, flags: Flags, order: list[str] | None = None,
           window: dict[str, tuple[int, int]] | None = None, recompute: str = "") -> Formulation:
     """Variables, then the constraints rule by rule, then the objective (non-compulsory
