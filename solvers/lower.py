@@ -68,9 +68,10 @@ def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None 
     if peak is not None and problem.capacity >= peak:
         return Bound(0, "capacity holds the no-spill peak: 0 is tight", time.perf_counter() - t0)
     order = [o.name for o in problem.graph.ops] if problem.fixed_order or order is None else order
-    cover = _covering(problem, deadline - 0.6 * time_limit)  # the slices get the larger share
+    sliced = not problem.allow_recompute and len(order) > segment_ops
+    cover = _covering(problem, deadline - (0.6 * time_limit if sliced else 0.0))  # slices: the larger share
     best = Bound(cover, "certain liveness")
-    if not problem.allow_recompute and len(order) > segment_ops:
+    if sliced:
         seg = _segments(problem, order, segment_ops, deadline)
         if seg > best.bytes:
             best = Bound(seg, f"segments of {segment_ops} ops")
@@ -98,9 +99,10 @@ def _covering(problem: Problem, deadline: float) -> int:
         reach = base + sum(live.pad[t] for t in maybe) - cap
         if reach > max(excess, 0):
             wide.append((reach, i, own, maybe))
+    flows_until = time.perf_counter() + 0.5 * (deadline - time.perf_counter())  # the rest: the programme
     for _, i, own, maybe in sorted(wide, key=lambda w: -w[0]):
-        if time.perf_counter() > deadline - 0.5 * (deadline - time.perf_counter()):
-            break  # half of what is left goes to the covering programme
+        if time.perf_counter() > flows_until:
+            break
         excess = sum(live.pad[t] for t in own) + live.least(i, own) - cap
         if excess > 0:
             rows.append((excess, [t for t in maybe if cost[t] > 0]))
