@@ -72,9 +72,14 @@ def exact_columns(problem: Problem) -> int:
 
 def members(name: str, problem: Problem | None = None) -> tuple[str, ...]:
     """The solvers a name stands for: a portfolio's members, or the solver itself. For
-    `auto` on a `problem` whose joint model exceeds AUTO_EXACT_MAX_COLUMNS: dnc alone."""
-    if name == "auto" and problem is not None and exact_columns(problem) > AUTO_EXACT_MAX_COLUMNS:
-        return ("dnc",)
+    `auto` on a `problem` whose joint model exceeds AUTO_EXACT_MAX_COLUMNS: dnc alone;
+    on one that fits in a single dnc segment: no dnc."""
+    if name == "auto" and problem is not None:
+        if exact_columns(problem) > AUTO_EXACT_MAX_COLUMNS:
+            return ("dnc",)
+        dnc = importlib.import_module(SOLVERS["dnc"][0])
+        if len(problem.graph.ops) <= dnc.Params().segment_ops:  # one segment: dnc would rerun exact
+            return PORTFOLIOS[name][:-1]
     if name in PORTFOLIOS:
         return PORTFOLIOS[name]
     if name in SOLVERS:

@@ -277,20 +277,47 @@ def _segments(problem: Problem, order: list[str], segment_ops: int, deadline: fl
     from planner.bounds import peak_bytes
     from planner.solvers import exact
 
-    parts = [order[i:i + segment_ops] for i in range(0, len(order), segment_ops)]
+    cuts = _cuts(problem, order, segment_ops)
+    parts = [order[a:b] for a, b in zip([0] + cuts, cuts + [len(order)])]
     subs = [_slice(problem, parts, k) for k in range(len(parts))]
     over = [(peak_bytes(s, [o.name for o in s.graph.ops]) - s.capacity, k) for k, s in enumerate(subs)]
     todo = [k for e, k in sorted(over, reverse=True) if e > 0]
     total = 0
     for i, k in enumerate(todo):
-        share = (deadline - time.perf_counter()) / (len(todo) - i)
+        until = time.perf_counter() + (deadline - time.perf_counter()) / (len(todo) - i)
         sub = subs[k]
-        got = _covering(sub, time.perf_counter() + share / 3)
-        if share > 0.5:
-            p = exact.solve(sub, exact.Params(time_limit=share, schedule=[o.name for o in sub.graph.ops]))
+        got = _covering(sub, time.perf_counter() + (until - time.perf_counter()) / 3)
+        if until - time.perf_counter() > 0.5:
+            p = exact.solve(sub, exact.Params(time_limit=until - time.perf_counter(),
+                                              schedule=[o.name for o in sub.graph.ops]))
             got = max(got, int(p.solver.bound or 0))
         total += got
     return total
+
+
+def _cuts(problem: Problem, order: list[str], segment_ops: int) -> list[int]:
+    """Where to cut `order`: every slice holds between half and one and a half times
+    `segment_ops` ops, and each cut goes where the fewest bytes are live across it (what
+    is live across a cut is what the slices' bounds lose)."""
+    g = problem.graph
+    pos = {o: i for i, o in enumerate(order)}
+    delta = [0] * (len(order) + 1)
+    for t, s in problem.sizes.items():
+        tt = g.tensors[t]
+        uses = [pos[c] for c in tt.consumers] + ([pos[tt.producer]] if tt.producer else [])
+        if uses:  # live across every cut k with first < k <= last
+            delta[min(uses) + 1] += s
+            delta[max(uses) + 1] -= s
+    across, run = [], 0
+    for d in delta:
+        run += d
+        across.append(run)
+    cuts, start = [], 0
+    while len(order) - start > segment_ops + segment_ops // 2:
+        lo, hi = start + max(1, segment_ops // 2), start + segment_ops + segment_ops // 2
+        start = min(range(lo, hi + 1), key=lambda k: (across[k], abs(k - start - segment_ops)))
+        cuts.append(start)
+    return cuts
 
 
 def _slice(problem: Problem, parts: list[list[str]], k: int) -> Problem:

@@ -65,6 +65,7 @@ def test_auto_sizes_graphs_by_their_exact_model():
     assert registry.exact_columns(chain_) <= registry.AUTO_EXACT_MAX_COLUMNS < registry.exact_columns(wide)
     assert registry.members("auto", chain_)[-2:] == ("exact", "dnc")
     assert registry.members("auto", wide) == ("dnc",)
+    assert registry.members("auto", Problem(chain([4, 8, 2, 16]), T))[-1] == "exact"  # one dnc segment
     assert registry.members("dnc") == ("dnc",)
 
 
