@@ -170,7 +170,7 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
         say(f"solving with {name}")
         ordered = (name.startswith("minpeak") or name in ("exact", "dnc")) and not fixed_order  # reuse the M_P order
         run = registry.solver(name, time_limit=max(remaining, 1.0), schedule=b.order if ordered else None,
-                              lower_bound=lower.bytes, progress=_relay(name, say))
+                              lower_bound=lower.bytes, progress=_relay(name, say, found, t0))
         try:
             p = run(problem)
         except SolverTimeout as e:
@@ -219,9 +219,22 @@ def _lower_bound(problem: Problem, b: _bounds.Budgets, time_limit: float, say: C
                        order=None if problem.fixed_order else b.order)
 
 
-def _relay(name: str, say: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
-    """A solver's progress reports (dicts) as the one-line strings of plan()'s callback."""
-    return lambda info: say(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+def _relay(name: str, say: Callable[[str], None], found: list[tuple[float, str]],
+           t0: float) -> Callable[[dict[str, Any]], None]:
+    """A solver's progress reports (dicts) as the one-line strings of plan()'s callback:
+    "dnc: 1,234,560 B non-compulsory (gap 10.9%), 23 s", the gap against the best bound
+    known (the report's own `bound` too), seconds since plan() began. A report without
+    `noncompulsory_bytes` is shown as its keys and values."""
+    def report(info: dict[str, Any]) -> None:
+        cost = info.get("noncompulsory_bytes")
+        if cost is None:
+            say(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+            return
+        bound = min(cost, max([v for v, _ in found] + [info.get("bound") or 0]))
+        gap = f" (gap {(cost - bound) / cost:.1%})" if cost else ""
+        say(f"{name}: {cost:,} B non-compulsory{gap}, {time.perf_counter() - t0:.0f} s")
+
+    return report
 
 
 def _proven(best: Plan, found: list[tuple[float, str]]) -> bool:
