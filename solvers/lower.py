@@ -43,6 +43,8 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from planner.ir import Graph, Op, Tensor
 from planner.problem import Problem, align_up
 from planner.solvers.exact import backends
@@ -96,22 +98,22 @@ def _covering(problem: Problem, deadline: float) -> int:
     cost = {t: _spill_cost(problem, t) for t in size}
     rows: list[tuple[int, list[str]]] = []
     wide = []  # ops where an order could overflow: their least live bytes come from a min cut
+    sure_bytes, maybe_bytes = live.bytes(live.sure), live.bytes(live.made)
     for i, o in enumerate(live.ops):
         own = set(problem.tensors_of(o))
-        sure = live.certain[i] - own
         base = sum(live.pad[t] for t in own)
-        excess = base + sum(live.pad[t] for t in sure) - cap
+        excess = base + sure_bytes[i] - sum(live.pad[t] for t in own if live.holds(live.sure, t, i)) - cap
         if excess > 0:
-            rows.append((excess, [t for t in sure if cost[t] > 0]))
-        maybe = live.possible(i) - own
-        reach = base + sum(live.pad[t] for t in maybe) - cap
+            rows.append((excess, [t for t in live.at(live.sure, i) - own if cost[t] > 0]))
+        reach = base + maybe_bytes[i] - sum(live.pad[t] for t in own if live.holds(live.made, t, i)) - cap
         if reach > max(excess, 0):
-            wide.append((reach, i, own, maybe))
+            wide.append((reach, i, own))
     flows_until = time.perf_counter() + 0.5 * (deadline - time.perf_counter())  # the rest: the programme
-    for _, i, own, maybe in sorted(wide, key=lambda w: -w[0]):
+    for _, i, own in sorted(wide, key=lambda w: -w[0]):
         if time.perf_counter() > flows_until:
             break
-        excess = sum(live.pad[t] for t in own) + live.least(i, own) - cap
+        maybe = live.at(live.made, i) - own
+        excess = sum(live.pad[t] for t in own) + live.least(i, maybe) - cap
         if excess > 0:
             rows.append((excess, [t for t in maybe if cost[t] > 0]))
     if not rows:
@@ -131,8 +133,8 @@ def _covering(problem: Problem, deadline: float) -> int:
 
 
 class _Liveness:
-    """Which tensors are live when an op computes, over all orders: `certain[i]` in every
-    order, `possible(i)` in some, and `least(i)` the fewest padded bytes live in any.
+    """Which tensors are live when an op computes, over all orders: `sure` in every order,
+    `made` in some (op x tensor matrices), and `least` the fewest padded bytes live in any.
 
     When op i computes, the ops already run form a set I closed under predecessors that
     holds i's ancestors and none of its descendants; a tensor is live if made in I (an
@@ -149,10 +151,12 @@ class _Liveness:
         self.pad = {t: align_up(s, a) for t, s in problem.sizes.items()}
         self.anc, self.desc = _closures(problem)
         self.tensors = [t for t in problem.sizes if g.tensors[t].consumers]
-        self.made: dict[str, int] = {}  # tensor -> ops at which it may be live (bitset)
-        self.sure: dict[str, int] = {}
+        self.row = {t: k for k, t in enumerate(self.tensors)}
         n = len(self.ops)
-        for t in self.tensors:
+        # op x tensor: t is live when op i computes in some order (made), in every order (sure)
+        self.made = np.zeros((n, len(self.tensors)), dtype=bool)
+        self.sure = np.zeros((n, len(self.tensors)), dtype=bool)
+        for k, t in enumerate(self.tensors):
             tt = g.tensors[t]
             readers = [self.index[c] for c in tt.consumers]
             before = 0  # ops with a reader among their descendants (a reader may follow)
@@ -168,23 +172,31 @@ class _Liveness:
                     after |= self.desc[c]
                 may = (1 << n) - 1
             last = 0  # ops that follow every reader: t is dead there
-            for k, c in enumerate(readers):
-                last = self.desc[c] if k == 0 else last & self.desc[c]
+            for j, c in enumerate(readers):
+                last = self.desc[c] if j == 0 else last & self.desc[c]
             first = ~0  # an input before all its readers is not loaded yet
             if tt.producer is None:
                 for c in readers:
                     first &= self.anc[c]
             else:
                 first = 0
-            self.sure[t] = after & before
-            self.made[t] = may & ~last & ~(first & ((1 << n) - 1))
-        self.certain, self.maybe = _spread(self.sure, n), _spread(self.made, n)
+            self.sure[:, k] = _bits(after & before, n)
+            self.made[:, k] = _bits(may & ~last & ~(first & ((1 << n) - 1)), n)
+        self.padded = np.array([self.pad[t] for t in self.tensors], dtype=np.int64)
 
-    def possible(self, i: int) -> set[str]:
-        return self.maybe[i]
+    def bytes(self, m: np.ndarray) -> list[int]:
+        """Per op, the padded bytes of the tensors `m` marks."""
+        return [int(self.padded[m[i]].sum()) for i in range(len(self.ops))]
 
-    def least(self, i: int, own: set[str]) -> int:
-        """The least padded bytes, `own` excluded, live when op i computes in any order."""
+    def holds(self, m: np.ndarray, t: str, i: int) -> bool:
+        return t in self.row and bool(m[i, self.row[t]])
+
+    def at(self, m: np.ndarray, i: int) -> set[str]:
+        return {self.tensors[k] for k in np.flatnonzero(m[i])}
+
+    def least(self, i: int, maybe: set[str]) -> int:
+        """The least padded bytes of `maybe` (what may be live when op i computes, its own
+        tensors left out) live then in any order."""
         import networkx as nx
 
         g = self.problem.graph
@@ -207,7 +219,7 @@ class _Liveness:
                 if p is not None and side(p) != "S":
                     net.add_edge(j, side(p))  # j in I puts its predecessors in I
         const = 0
-        for t in self.possible(i) - own:
+        for t in maybe:
             tt = g.tensors[t]
             ends = {side(c) for c in tt.consumers}
             if tt.producer is not None:
@@ -229,15 +241,10 @@ class _Liveness:
         return const + nx.minimum_cut_value(net, "S", "T")
 
 
-def _spread(where: dict[str, int], n: int) -> list[set[str]]:
-    """Per op, the tensors whose bitset holds it."""
-    out: list[set[str]] = [set() for _ in range(n)]
-    for t, bits in where.items():
-        while bits:
-            low = bits & -bits
-            out[low.bit_length() - 1].add(t)
-            bits ^= low
-    return out
+def _bits(x: int, n: int) -> np.ndarray:
+    """The bitset `x` over n ops as a boolean array (bit i: op i)."""
+    raw = np.frombuffer(x.to_bytes((n + 7) // 8, "little"), dtype=np.uint8)
+    return np.unpackbits(raw, bitorder="little")[:n].astype(bool)
 
 
 def _spill_cost(problem: Problem, t: str) -> int:
