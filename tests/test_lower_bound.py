@@ -60,3 +60,11 @@ def test_slices_add_up():
     pr = Problem(build(rows, sizes), T.with_capacity(1344))
     order = [o.name for o in pr.graph.ops]
     assert _segments(pr, order, 3, 1e18) == optimum(pr, order) == 1280
+
+
+def test_exact_stops_at_a_bound_it_is_given():
+    g = build([("a", ["x"], ["y"]), ("b", ["y"], ["z"]), ("c", ["x", "z"], ["w"])], {"x": 640, "y": 640, "z": 640, "w": 64})
+    pr = Problem(g, T.with_capacity(1344))
+    p = exact.solve(pr, exact.Params(lower_bound=lower_bound(pr, 5.0).bytes))
+    assert (p.solver.status, p.solver.objective, p.solver.bound) == ("optimal", 640, 640)
+    assert p.extra["found_by"].startswith("baseline")  # no model was needed

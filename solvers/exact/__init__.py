@@ -72,6 +72,8 @@ class Params:
     warm_start: bool = True
     # Seconds for each exact packing of a solution's residencies.
     alloc_time_limit: float = 5.0
+    # A proven bound from elsewhere (solvers.lower, from the API): the solve stops once a plan meets it.
+    lower_bound: float | None = None
     dump_lp: str | None = None  # write the joint model here (LP/MPS by the back end)
     log: list[str] = field(default_factory=list, repr=False)  # one line per round, for benchmarks
 
@@ -114,14 +116,16 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         for replacement in ("belady", "greedy"):
             p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
             best.offer(p, _cost(problem, p), f"baseline {replacement}")
-    bound = 0.0
-    if best.cost > 0:
+    bound = float(params.lower_bound or 0.0)
+    if best.cost > bound:
         # Stage 1: the replacement problem, exactly, on each candidate order. Where the
         # graph leaves one order only (or the order is fixed), its bound is the answer's.
         win = windows(problem, True)
         forced = problem.fixed_order or all(lo == hi for lo, hi in win.values())
         redo = "plan" if problem.allow_recompute else ""
         for i, order in enumerate(orders):
+            if best.cost <= bound:  # a baseline or an earlier order met the bound given
+                break
             f = build(problem, flags, order, recompute=redo)
             lb = _rounds(f, problem, params, best, deadline, f"order {i}", _hint(f, problem, order, params))
             if forced:  # with recompute, that model restricts it: the bound comes from its relaxation
