@@ -104,7 +104,7 @@ def _covering(problem: Problem, deadline: float) -> int:
         base = sum(live.pad[t] for t in own)
         excess = base + sure_bytes[i] - sum(live.pad[t] for t in own if live.holds(live.sure, t, i)) - cap
         if excess > 0:
-            rows.append((excess, [t for t in live.at(live.sure, i) - own if cost[t] > 0]))
+            rows.append((excess, sorted(live.at(live.sure, i) - own)))
         reach = base + maybe_bytes[i] - sum(live.pad[t] for t in own if live.holds(live.made, t, i)) - cap
         if reach > max(excess, 0):
             wide.append((reach, i, own))
@@ -115,13 +115,13 @@ def _covering(problem: Problem, deadline: float) -> int:
         maybe = live.at(live.made, i) - own
         excess = sum(live.pad[t] for t in own) + live.least(i, maybe) - cap
         if excess > 0:
-            rows.append((excess, [t for t in maybe if cost[t] > 0]))
+            rows.append((excess, sorted(maybe)))
     if not rows:
         return 0
     m = backends.Model()
     col: dict[str, int] = {}
     unit = math.gcd(*(live.pad[t] for _, ts in rows for t in ts), *(e for e, _ in rows)) or 1
-    cunit = math.gcd(*(cost[t] for _, ts in rows for t in ts)) or 1
+    cunit = math.gcd(*(cost[t] for _, ts in rows for t in ts)) or 1  # free spills (recompute) cost 0
     for k, (excess, ts) in enumerate(rows):
         for t in ts:
             if t not in col:
@@ -129,7 +129,8 @@ def _covering(problem: Problem, deadline: float) -> int:
         m.row(f"cover_{k}", {col[t]: live.pad[t] // unit for t in ts}, lo=math.ceil(excess / unit))
     left = deadline - time.perf_counter()
     res = backends.solve(m, "highs", max(left, 0.2), 1, None, bound_only=True)
-    return max(0, math.ceil(res.bound - 1e-6) * cunit) if res.bound > -math.inf else 0
+    # every row can be covered (an op's own tensors fit, check_budget), so no infinite bound
+    return max(0, math.ceil(res.bound - 1e-6) * cunit) if math.isfinite(res.bound) else 0
 
 
 class _Liveness:

@@ -68,3 +68,14 @@ def test_exact_stops_at_a_bound_it_is_given():
     p = exact.solve(pr, exact.Params(lower_bound=lower_bound(pr, 5.0).bytes))
     assert (p.solver.status, p.solver.objective, p.solver.bound) == ("optimal", 640, 640)
     assert p.extra["found_by"].startswith("baseline")  # no model was needed
+
+
+def test_free_recomputes_lower_the_bound():
+    # as above, but x is made by p from a small input that stays resident: dropped after a
+    # and recomputed at no charge before c, x costs nothing, where a store and a reload
+    # would cost 1,280 B
+    g = build([("p", ["i"], ["x"]), ("a", ["x"], ["y"]), ("b", ["y"], ["z"]), ("c", ["x", "z"], ["w"])],
+              {"i": 64, "x": 640, "y": 640, "z": 640, "w": 64})
+    pr = Problem(g, T.with_capacity(1408), allow_recompute=True, recompute_weight=0.0)
+    assert lower_bound(pr, 5.0).bytes == 0 == exact.solve(pr, exact.Params(time_limit=30)).solver.objective
+    assert lower_bound(Problem(g, pr.target), 5.0).bytes == 1280  # without recompute
