@@ -1,4 +1,5 @@
-"""What every benchmark records beside its numbers: the machine, the versions, the time."""
+"""What every benchmark records beside its numbers (the machine, the versions, the time), and
+the one way they plan a case: as `planner plan` does."""
 from __future__ import annotations
 
 import json
@@ -34,3 +35,26 @@ def write(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=1))
     return path
+
+
+def planned(graph, budget: int | str, time_limit: float) -> dict[str, Any]:
+    """`planner.plan(graph, budget, time_limit=...)` with the default solver, as `planner
+    plan` runs it: the plan's non-compulsory bytes, which solver won, its status, the best
+    proven bound (and which argument gave it), the gap, seconds in all."""
+    from planner.api import plan
+
+    t0 = time.perf_counter()
+    p = plan(graph, budget, time_limit=time_limit)
+    s, how = p.solver, p.extra["bound"]
+    return {"budget": budget, "budget_bytes": p.target.capacity, "noncompulsory_bytes": p.metrics.noncompulsory_bytes,
+            "solver": s.name, "status": s.status, "bound": int(s.bound), "bound_how": how["how"],
+            "lower_bound": how["lower_bound"], "lower_how": how["lower_how"], "lower_seconds": how["lower_seconds"],
+            "gap": round(s.gap, 4), "seconds": round(time.perf_counter() - t0, 2), "auto": p.extra.get("auto"),
+            "candidates": p.extra["candidates"], "baselines": p.extra.get("baselines")}
+
+
+def gap_cell(row: dict[str, Any]) -> str:
+    """The gap as a table cell: a percentage, "optimal", or "-" without a bound."""
+    if row["status"] == "optimal":
+        return "optimal"
+    return f"{row['gap']:.1%}"

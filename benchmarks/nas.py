@@ -1,14 +1,16 @@
-"""Issue 6 on the NAS zoo: schedules and traffic of irregular networks.
+"""Irregular networks (issues 6 and 12): schedules, traffic and proven gaps.
 
-For NASNet-A mobile, AmoebaNet-A, PNASNet-5, DARTS V2 and RandWire-WS (int8, 224x224,
-epilogues fused, `cosma-int8`): the no-spill peak of file order, reverse post-order and
-our scheduler (planner.schedule, labelled exact or upper bound); then at M_R and M_H the
-non-compulsory bytes of COSMA's four baselines, of dnc and of the exact solver (capped at
-`--exact-limit` seconds; its status says whether it proved the optimum), with seconds.
-Every plan is replayed by the simulator. Writes benchmarks/results/nas.json and prints
-the markdown tables.
+For NASNet-A mobile, AmoebaNet-A, PNASNet-5, DARTS V2, RandWire-WS, the transformer and
+DenseNet-121 (int8, 224x224, epilogues fused, `cosma-int8`): the no-spill peak of file
+order, reverse post-order and our scheduler (planner.schedule, labelled exact or upper
+bound); then at each budget the non-compulsory bytes of COSMA's four baselines and of
+`planner.plan` with the default solver (`auto`) and `--time-limit` seconds, as `planner
+plan` runs it: which solver's plan won, its status, the best proven lower bound (and
+what gave it) and the gap; optionally the exact solver alone (`--exact-limit`). Every
+plan is replayed by the simulator. Writes benchmarks/results/nas.json and prints the
+markdown tables.
 
-    python benchmarks/nas.py [--models nasnet_a_mobile,...] [--time-limit 60] [--exact-limit 600] [--workers 2]
+    python benchmarks/nas.py [--models nasnet_a_mobile,...] [--budgets M_R,M_H] [--time-limit 60] [--exact-limit 0]
 """
 from __future__ import annotations
 
@@ -18,15 +20,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import write  # noqa: E402
+from benchmarks.common import gap_cell, planned, write  # noqa: E402
 from benchmarks.cosma import lower  # noqa: E402
 from planner import bounds as B, schedule as S  # noqa: E402
 from planner.ir import get_target  # noqa: E402
 from planner.problem import Problem  # noqa: E402
 from planner.runtime.simulator import simulate  # noqa: E402
-from planner.solvers import baselines, dnc, exact  # noqa: E402
+from planner.solvers import baselines, exact  # noqa: E402
 
-NAS = ("nasnet_a_mobile", "amoebanet_a", "pnasnet5", "darts_v2", "randwire_ws")
+MODELS = ("nasnet_a_mobile", "amoebanet_a", "pnasnet5", "darts_v2", "randwire_ws", "transformer", "densenet121")
 BASELINES = (("file-belady", "file", "belady"), ("file-greedy", "file", "greedy"),
              ("minpeak-belady", "minpeak", "belady"), ("minpeak-greedy", "minpeak", "greedy"))
 
@@ -39,15 +41,12 @@ def schedules(pr: Problem, time_limit: float) -> dict:
             "ours_seconds": round(r.seconds, 2), "ours_method": r.method, "order": r.order}
 
 
-def case(graph, pr: Problem, order: list[str], time_limit: float, exact_limit: float, workers: int) -> dict:
-    row: dict = {"budget_bytes": pr.capacity}
+def case(graph, pr: Problem, budget: str, order: list[str], time_limit: float, exact_limit: float) -> dict:
+    row: dict = {}
     for label, o, rep in BASELINES:
         p = baselines.solve(pr, baselines.Params(replacement=rep, schedule=order if o == "minpeak" else None))
         row[label] = simulate(p, graph, pr.target).metrics.noncompulsory_bytes
-    t0 = time.perf_counter()
-    p = dnc.solve(pr, dnc.Params(time_limit=time_limit, schedule=order, workers=workers))
-    row.update(dnc=simulate(p, graph, pr.target).metrics.noncompulsory_bytes, dnc_seconds=round(time.perf_counter() - t0, 2),
-               dnc_found_by=p.extra.get("found_by"), dnc_log=p.extra.get("log"))
+    row.update(planned(graph, pr.capacity, time_limit), budget=budget)
     if exact_limit > 0:
         t0 = time.perf_counter()
         e = exact.solve(pr, exact.Params(time_limit=exact_limit, schedule=order))
@@ -58,10 +57,10 @@ def case(graph, pr: Problem, order: list[str], time_limit: float, exact_limit: f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(NAS))
-    ap.add_argument("--time-limit", type=float, default=60.0, help="seconds for the schedule and for dnc, each")
-    ap.add_argument("--exact-limit", type=float, default=600.0, help="exact solver seconds (0: skip)")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--budgets", default="M_R,M_H")
+    ap.add_argument("--time-limit", type=float, default=60.0, help="seconds for the schedule and for each plan")
+    ap.add_argument("--exact-limit", type=float, default=0.0, help="exact solver alone, seconds (0: skip)")
     a = ap.parse_args()
     out = []
     for name in a.models.split(","):
@@ -71,12 +70,12 @@ def main() -> None:
         b = B.budgets(pr0, time_limit=a.time_limit)
         rec = {"model": name, "ops": len(graph.ops), "M_R": b.m_r, "M_H": b.m_h, "M_P": b.m_p,
                "schedules": {k: v for k, v in sch.items() if k != "order"}, "cases": {}}
-        for budget in ("M_R", "M_H"):
+        for budget in a.budgets.split(","):
             pr = Problem(graph, pr0.target.with_capacity(b.get(budget)))
-            rec["cases"][budget] = c = case(graph, pr, b.order, a.time_limit, a.exact_limit, a.workers)
+            rec["cases"][budget] = c = case(graph, pr, budget, b.order, a.time_limit, a.exact_limit)
             best = min(c[k] for k, _, _ in BASELINES)
-            print(f"{name} {budget}: best baseline {best:,}, dnc {c['dnc']:,} ({c['dnc_seconds']} s), "
-                  f"exact {c.get('exact', '-')} {c.get('exact_status', '')}", flush=True)
+            print(f"{name} {budget}: best baseline {best:,}, plan {c['noncompulsory_bytes']:,} by {c['solver']} "
+                  f"({c['seconds']} s), bound {c['bound']:,} ({c['bound_how']}), gap {gap_cell(c)}", flush=True)
         out.append(rec)
     path = write("nas", {"command": " ".join(sys.argv), "models": out})
     print(f"wrote {path}")
@@ -85,13 +84,13 @@ def main() -> None:
         s = r["schedules"]
         print(f"| {r['model']} | {r['ops']} | {s['file']:,} | {s['rpo']:,} | {s['ours']:,} | "
               f"{'exact' if s['ours_exact'] else 'upper bound'} | {s['ours_seconds']} |")
-    print("\n| model | budget | file-belady | file-greedy | minpeak-belady | minpeak-greedy | dnc | dnc s | exact | "
-          "exact status | exact s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("\n| model | budget | file-belady | file-greedy | minpeak-belady | minpeak-greedy | plan | by | bound | "
+          "gap | s |\n|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for r in out:
         for budget, c in r["cases"].items():
             print(f"| {r['model']} | {budget} | " + " | ".join(f"{c[k]:,}" for k, _, _ in BASELINES)
-                  + f" | {c['dnc']:,} | {c['dnc_seconds']} | {c.get('exact', '-')} | {c.get('exact_status', '-')} | "
-                  f"{c.get('exact_seconds', '-')} |")
+                  + f" | {c['noncompulsory_bytes']:,} | {c['solver']} | {c['bound']:,} | {gap_cell(c)} | "
+                  f"{c['seconds']} |")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
-"""How divide and conquer scales (issue 6): random layered DAGs and RandWire graphs of 500
-to 10k ops, planned by dnc at M_H against the best of COSMA's four baselines, and by the
-exact solver where it finishes within its limit.
+"""How planning scales (issues 6 and 12): random layered DAGs and RandWire graphs of 500
+to 10k ops, planned at M_R and M_H by `planner.plan` with the default solver (`auto`:
+dnc on graphs this size) against the best of COSMA's four baselines, with the best proven
+lower bound and the gap.
 
 Layered DAGs: `layered_dag(n, seed)`, ops in layers of 4-12, each reading 1-3 tensors of
 the previous three layers, tensors of 1-64 KiB (int8). RandWire: `randwire_onnx(n)` of
 models/nas/randwire.py (three WS(N, 4, 0.75) stages, 16x28x28 tensors), lowered by the ONNX
-frontend. Writes benchmarks/results/scaling.json and scaling.png (dnc seconds vs ops).
+frontend. Each plan gets `--time-limit` seconds, bounds included, as `planner plan` does
+(`--big-time-limit` from 5,000 ops). Writes benchmarks/results/scaling.json and
+scaling.png (seconds vs ops).
 
-    python benchmarks/scaling.py [--sizes 500,1000,2000,5000,10000] [--time-limit 300]
-        [--exact-limit 120] [--exact-max-ops 1000] [--workers 2]
+    python benchmarks/scaling.py [--sizes 500,1000,2000,5000] [--kinds layered,randwire] [--budgets M_R,M_H]
+        [--time-limit 60] [--big-time-limit 120]
 """
 from __future__ import annotations
 
@@ -16,14 +19,12 @@ import argparse
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, write  # noqa: E402
-from planner import bounds as B  # noqa: E402
-from planner.ir import Graph, get_target  # noqa: E402
-from planner.problem import Problem  # noqa: E402
+from benchmarks.common import RESULTS, gap_cell, planned, write  # noqa: E402
+from planner.ir import Graph  # noqa: E402
+from planner.solvers.baselines import NAMES  # noqa: E402
 from tests.graphs import build  # noqa: E402
 
 
@@ -57,53 +58,40 @@ def randwire(n: int) -> Graph:
         return load_onnx(path, name=f"randwire_{n}")
 
 
-def case(graph: Graph, time_limit: float, exact_limit: float, exact_max_ops: int, workers: int) -> dict:
-    from planner.runtime.simulator import simulate
-    from planner.solvers import dnc, exact
-
-    target = get_target("cosma-int8")
-    t0 = time.perf_counter()
-    b = B.budgets(Problem(graph, target), time_limit=min(60.0, time_limit / 4))
-    bounds_s = time.perf_counter() - t0
-    pr = Problem(graph, target.with_capacity(b.m_h))
-    t0 = time.perf_counter()
-    # the bounds' seconds come out of the graph's time limit, as in `planner plan`
-    p = dnc.solve(pr, dnc.Params(time_limit=max(1.0, time_limit - bounds_s), schedule=b.order, workers=workers))
-    seconds = time.perf_counter() - t0
-    m = simulate(p, graph, pr.target).metrics
-    base = p.extra["baselines"]  # the four baselines dnc ran (graphs here exceed one segment)
-    row = {"graph": graph.name, "ops": len(graph.ops), "M_R": b.m_r, "M_P": b.m_p, "M_P_exact": b.m_p_exact,
-           "M_H": b.m_h, "bounds_seconds": round(bounds_s, 2), "dnc": m.noncompulsory_bytes,
-           "dnc_status": p.solver.status, "dnc_seconds": round(seconds, 2),
-           "total_seconds": round(bounds_s + seconds, 2), "baselines": base,
-           "best_baseline": min(base.values()), "log": p.extra.get("log")}
-    if len(graph.ops) <= exact_max_ops:
-        t0 = time.perf_counter()
-        e = exact.solve(pr, exact.Params(time_limit=exact_limit, schedule=b.order))
-        row.update(exact=simulate(e, graph, pr.target).metrics.noncompulsory_bytes, exact_status=e.solver.status,
-                   exact_bound=e.solver.bound, exact_seconds=round(time.perf_counter() - t0, 2))
+def case(graph: Graph, budget: str, time_limit: float) -> dict:
+    row = {"graph": graph.name, "ops": len(graph.ops), **planned(graph, budget, time_limit)}
+    base = row["baselines"] or {c["solver"]: c["noncompulsory_bytes"] for c in row["candidates"]
+                                if c["solver"] in NAMES and "noncompulsory_bytes" in c}
+    row["best_baseline"] = min(base.values()) if base else None
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="500,1000,2000,5000,10000")
-    ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per graph: bounds, then dnc")
-    ap.add_argument("--exact-limit", type=float, default=120.0, help="exact solver seconds per graph")
-    ap.add_argument("--exact-max-ops", type=int, default=1000, help="run exact only up to this many ops")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--sizes", default="500,1000,2000,5000")
+    ap.add_argument("--kinds", default="layered,randwire")
+    ap.add_argument("--budgets", default="M_R,M_H")
+    ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per plan, bounds included")
+    ap.add_argument("--big-time-limit", type=float, default=120.0, help="seconds per plan from 5,000 ops")
     a = ap.parse_args()
+    makers = {"layered": layered_dag, "randwire": randwire}
     rows = []
     for n in (int(s) for s in a.sizes.split(",")):
-        for make in (layered_dag, randwire):
-            g = make(n)
-            r = case(g, a.time_limit, a.exact_limit, a.exact_max_ops, a.workers)
-            rows.append(r)
-            print(f"{r['graph']}: {r['ops']} ops, dnc {r['dnc']:,} in {r['dnc_seconds']} s, best baseline "
-                  f"{r['best_baseline']:,}, exact {r.get('exact', '-')}", flush=True)
+        for kind in a.kinds.split(","):
+            g = makers[kind](n)
+            for budget in a.budgets.split(","):
+                r = case(g, budget, a.big_time_limit if n >= 5000 else a.time_limit)
+                rows.append(r)
+                print(f"{r['graph']} {budget}: {r['ops']} ops, plan {r['noncompulsory_bytes']:,} by {r['solver']} in "
+                      f"{r['seconds']} s, best baseline {r['best_baseline']:,}, bound {r['bound']:,} "
+                      f"({r['bound_how']}), gap {gap_cell(r)}", flush=True)
     path = write("scaling", {"command": " ".join(sys.argv), "rows": rows})
     _plot(rows)
     print(f"wrote {path}")
+    print("\n| graph | ops | budget | best baseline | plan | by | bound | gap | s |\n|---|---:|---|---:|---:|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['graph']} | {r['ops']} | {r['budget']} | {r['best_baseline']:,} | {r['noncompulsory_bytes']:,} | "
+              f"{r['solver']} | {r['bound']:,} | {gap_cell(r)} | {r['seconds']} |")
 
 
 def _plot(rows: list[dict]) -> None:
@@ -114,10 +102,12 @@ def _plot(rows: list[dict]) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind in ("layered", "randwire"):
-        pts = sorted((r["ops"], r["dnc_seconds"]) for r in rows if r["graph"].startswith(kind))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"dnc, {kind}")
+        for budget in sorted({r["budget"] for r in rows}):
+            pts = sorted((r["ops"], r["seconds"]) for r in rows if r["graph"].startswith(kind) and r["budget"] == budget)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{kind}, {budget}")
     ax.set_xlabel("ops")
-    ax.set_ylabel("seconds (dnc, M_H)")
+    ax.set_ylabel("seconds (planner.plan, bounds included)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)

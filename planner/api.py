@@ -7,6 +7,7 @@ metrics taken from the replay.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -108,7 +109,8 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
         too (`track_weights`).
     target : a preset name (planner.ir.TARGETS) or a Target.
     solver : a registered solver, "baseline" (best of COSMA's four) or "auto".
-    time_limit : seconds for the whole solve, bounds included.
+    time_limit : seconds for the whole solve, bounds included (the lower bound takes a
+        tenth, at most 10 s).
     fuse : fold BN and activations into the op before them; default: True on
         accelerator targets, False on GPU targets.
     decompose_attention : lower a torch model's scaled_dot_product_attention as separate
@@ -121,6 +123,9 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
     Returns
     -------
     Plan, with `metrics` from the simulator and `extra["budgets"]` holding M_R, M_P, M_H.
+    `solver.bound` is the best proven lower bound on non-compulsory bytes that any member
+    or `solvers.lower` found (`extra["bound"]` says which), `solver.gap` follows from it,
+    and the status is "optimal" when the plan meets it, else "feasible".
 
     Raises
     ------
@@ -171,16 +176,25 @@ def plan_problem(graph: Graph, target: Target, budget_bytes: int, budgets: _boun
         say("computing M_R / M_P")
         budgets = _bounds.budgets(problem, time_limit=max(1.0, time_limit / 3))
     b = budgets
-    best, candidates = None, []
-    chosen = registry.members(solver, len(graph.ops))
+    lower = _lower_bound(problem, b, time_limit, say)
+    chosen = registry.members(solver, problem)
+    best: Plan | None = None
+    candidates: list[dict[str, Any]] = []
+    found = [(lower.bytes, f"lower bound: {lower.how}")]  # (bytes, how) from every source
     for name in chosen:
         remaining = time_limit - (time.perf_counter() - t0)
+        if best is not None and _proven(best, found):
+            candidates.append({"solver": name, "skipped": "best plan proven optimal"})
+            continue
         if remaining <= 0 and best is not None:
             candidates.append({"solver": name, "skipped": "time limit"})
             continue
+        if name == "exact" and "dnc" in chosen:
+            remaining *= AUTO_EXACT_SHARE  # dnc gets the rest unless exact proves the optimum
         say(f"solving with {name}")
         ordered = (name.startswith("minpeak") or name in ("exact", "dnc")) and not fixed_order  # reuse the M_P order
-        run = registry.solver(name, time_limit=max(remaining, 1.0), schedule=b.order if ordered else None)
+        run = registry.solver(name, time_limit=max(remaining, 1.0), schedule=b.order if ordered else None,
+                              lower_bound=lower.bytes, progress=_relay(name, say, found, t0))
         try:
             p = run(problem)
         except SolverTimeout as e:
@@ -191,30 +205,87 @@ def plan_problem(graph: Graph, target: Target, budget_bytes: int, budgets: _boun
 
             p.metrics = simulate(p, graph, problem.target, check_metrics=False).metrics
         candidates.append({"solver": name, "noncompulsory_bytes": p.metrics.noncompulsory_bytes,
-                           "peak_bytes": p.metrics.peak_bytes, "status": p.solver.status,
+                           "peak_bytes": p.metrics.peak_bytes, "status": p.solver.status, "bound": p.solver.bound,
                            "seconds": round(p.solver.seconds, 4)})
+        if p.solver.bound is not None:
+            found.append((p.solver.bound, name))
         say(f"{name}: {p.metrics.noncompulsory_bytes} non-compulsory bytes")
         if best is None or _key(p) < _key(best):
             best = p
     if best is None:
         raise SolverTimeout(f"no plan within the time limit of {time_limit:g} s; raise --time-limit")
+    how = _report_bound(best, found)
     best.extra = {
         **best.extra,  # what the solver itself reported (e.g. exact's found_by, dnc's passes)
         "budgets": {"M_R": b.m_r, "M_R_op": b.m_r_op, "M_P": b.m_p, "M_P_exact": b.m_p_exact, "M_H": b.m_h,
                     "compulsory_bytes": b.compulsory},
+        "bound": {"bytes": best.solver.bound, "how": how, "lower_bound": lower.bytes, "lower_how": lower.how,
+                  "lower_seconds": round(lower.seconds, 4)},
         "candidates": candidates,
-        **({"auto": _auto_note(chosen, len(graph.ops))} if solver == "auto" else {}),
+        **({"auto": _auto_note(chosen, problem)} if solver == "auto" else {}),
         "total_seconds": round(time.perf_counter() - t0, 4),
     }
     return best
 
 
-def _auto_note(chosen: tuple[str, ...], ops: int) -> str:
-    """Which solver `auto` picked for a graph of `ops` ops, and why."""
-    limit = registry.AUTO_EXACT_MAX_OPS
-    if "dnc" in chosen:
-        return f"dnc: {ops} ops > {limit} (dnc runs the four baselines itself)"
-    return f"exact: {ops} ops <= {limit}, with the four baselines"
+# Of the time left after the baselines, the share `auto` gives the exact solver when dnc follows.
+AUTO_EXACT_SHARE = 0.5
+# The lower bound's share of the time limit, and its most seconds.
+BOUND_SHARE, BOUND_MAX_SECONDS = 0.1, 10.0
+
+
+def _lower_bound(problem: Problem, b: _bounds.Budgets, time_limit: float, say: Callable[[str], None]):
+    """`solvers.lower.lower_bound`, once per plan, on a tenth of the time (at most 10 s)."""
+    from planner.solvers.lower import lower_bound
+
+    say("lower bound")
+    return lower_bound(problem, min(BOUND_MAX_SECONDS, BOUND_SHARE * time_limit), peak=b.m_p,
+                       order=None if problem.fixed_order else b.order)
+
+
+def _relay(name: str, say: Callable[[str], None], found: list[tuple[float, str]],
+           t0: float) -> Callable[[dict[str, Any]], None]:
+    """A solver's progress reports (dicts) as the one-line strings of plan()'s callback:
+    "dnc: 1,234,560 B non-compulsory (gap 10.9%), 23 s", the gap against the best bound
+    known (the report's own `bound` too), seconds since plan() began. A report without
+    `noncompulsory_bytes` is shown as its keys and values."""
+    def report(info: dict[str, Any]) -> None:
+        cost = info.get("noncompulsory_bytes")
+        if cost is None:
+            say(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+            return
+        bound = min(cost, max([v for v, _ in found] + [info.get("bound") or 0]))
+        gap = f" (gap {(cost - bound) / cost:.1%})" if cost else ""
+        say(f"{name}: {cost:,} B non-compulsory{gap}, {time.perf_counter() - t0:.0f} s")
+
+    return report
+
+
+def _proven(best: Plan, found: list[tuple[float, str]]) -> bool:
+    assert best.metrics is not None
+    return max(v for v, _ in found) >= best.metrics.noncompulsory_bytes
+
+
+def _report_bound(best: Plan, found: list[tuple[float, str]]) -> str:
+    """Puts the best bound any source found on `best` (status optimal when it meets the
+    plan's traffic, so a baseline that ties exact's optimum carries exact's proof);
+    returns which source it was."""
+    assert best.metrics is not None
+    cost = best.metrics.noncompulsory_bytes
+    value, how = max(found, key=lambda f: f[0])
+    value = min(value, cost)
+    gap = 0.0 if cost == 0 else (cost - value) / cost
+    best.solver = dataclasses.replace(best.solver, status="optimal" if value >= cost else "feasible",
+                                      objective=cost, bound=value, gap=gap)
+    return how
+
+
+def _auto_note(chosen: tuple[str, ...], problem: Problem) -> str:
+    """Which solvers `auto` picked for `problem`, and why."""
+    size, limit = registry.exact_columns(problem), registry.AUTO_EXACT_MAX_COLUMNS
+    if "exact" not in chosen:
+        return f"dnc: joint model of about {size:,} columns > {limit:,} (dnc runs the four baselines itself)"
+    return f"exact, then dnc unless proven: joint model of about {size:,} columns <= {limit:,}, with the four baselines"
 
 
 def _key(p: Plan) -> tuple[int, int, int]:

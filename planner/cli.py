@@ -333,6 +333,10 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -
         print("\n".join(lines))
 
 
+def _bound(n: float | None) -> str:
+    return "-" if n is None else f"{int(n):,} B"
+
+
 def _b(n: int | None) -> str:
     return "-" if n is None else f"{n:,} B ({format_bytes(n)})"
 
@@ -357,7 +361,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     summary = {"model": p.model, "target": p.target.name, "budget_bytes": p.target.capacity, "M_R": b["M_R"],
                "M_R_op": b["M_R_op"], "M_R_op_type": _op_type(p.ops, b["M_R_op"]), "M_P": b["M_P"], "M_P_exact": b["M_P_exact"], "M_H": b["M_H"],
                **{k: getattr(m, k) for k in m.__dataclass_fields__}, "solver": s.name, "status": s.status,
-               "gap": s.gap, "solver_seconds": round(s.seconds, 4), "seconds": round(seconds, 3),
+               "bound": s.bound, "bound_how": p.extra.get("bound", {}).get("how"), "gap": s.gap,
+               "solver_seconds": round(s.seconds, 4), "seconds": round(seconds, 3),
                "ops": len(p.ops), "tensors": len(p.tensors), "steps": len(p.steps), "output": args.output}
     mp_label = "exact" if b["M_P_exact"] else "upper bound"
     lines = [
@@ -367,7 +372,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"traffic         {_b(m.traffic_bytes)}: compulsory {m.compulsory_bytes:,} B, "
         f"non-compulsory {m.noncompulsory_bytes:,} B",
         f"memory          peak {_b(m.peak_bytes)}, arena {_b(m.arena_bytes)}, recomputed ops {m.recomputed_ops}",
-        f"solver          {s.name}: {s.status}, gap {'-' if s.gap is None else f'{s.gap:.2%}'}, "
+        f"solver          {s.name}: {s.status}, bound {_bound(s.bound)}, gap {'-' if s.gap is None else f'{s.gap:.2%}'}, "
         f"{s.seconds:.2f} s solving, {seconds:.2f} s in all",
     ]
     if args.output:

@@ -1,15 +1,18 @@
 """planner.plan(): every light_* ONNX model plans at M_H; the API's inputs and failures."""
 import json
+import time
 from pathlib import Path
 
 import onnx
 import pytest
 
 import planner
+from planner import registry
+from planner.api import _relay
 from planner.errors import BadInput, Infeasible
 from planner.plan import Plan
 from planner.runtime.simulator import simulate
-from tests.graphs import chain
+from tests.graphs import build, chain
 
 LIGHT = sorted((Path(onnx.__file__).parent / "backend" / "test" / "data" / "light").glob("light_*.onnx"))
 
@@ -22,8 +25,11 @@ def test_every_light_model_plans_at_m_h(path):
     report = simulate(p)  # the plan alone (its own tables) and against the lowered graph
     assert report.metrics == p.metrics == simulate(p, planner.api.load_graph(path)).metrics
     assert p.metrics.arena_bytes <= p.target.capacity
-    best = min(c["noncompulsory_bytes"] for c in p.extra["candidates"])
+    best = min(c["noncompulsory_bytes"] for c in p.extra["candidates"] if "skipped" not in c)
     assert p.metrics.noncompulsory_bytes == best  # the portfolio keeps its best candidate
+    s = p.solver  # the best bound found, proven: optimal exactly when the plan meets it
+    assert 0 <= s.bound <= s.objective == p.metrics.noncompulsory_bytes
+    assert (s.status == "optimal") == (s.gap == 0.0) == (s.bound == s.objective)
 
 
 def test_plan_json_round_trip(tmp_path):
@@ -51,3 +57,24 @@ def test_bad_arguments_raise_bad_input():
         planner.plan(LIGHT[0], "lots")
     with pytest.raises(BadInput, match="cannot plan"):
         planner.plan(12345, "M_R")
+
+
+def test_a_baseline_that_meets_the_bound_is_reported_optimal():
+    # x is live while b runs (read by a and c): below 1,920 B every plan reloads it once
+    g = build([("a", ["x"], ["y"]), ("b", ["y"], ["z"]), ("c", ["x", "z"], ["w"])],
+              {"x": 640, "y": 640, "z": 640, "w": 64})
+    p = planner.plan(g, 1344, target=planner.Target("t", 1 << 20, alignment=64, element_bytes=1))
+    s, skipped = p.solver, [c["solver"] for c in p.extra["candidates"] if "skipped" in c]
+    assert (s.status, s.objective, s.bound, s.gap) == ("optimal", 640, 640, 0.0)
+    assert s.name in registry.PORTFOLIOS["baseline"] and "exact" in skipped  # proven before exact ran
+    assert p.extra["bound"]["how"].startswith("lower bound")
+
+
+def test_solver_progress_reports_become_lines_with_the_gap():
+    lines: list[str] = []
+    report = _relay("dnc", lines.append, [(500.0, "lower bound")], time.perf_counter())
+    report({"noncompulsory_bytes": 1000})
+    report({"noncompulsory_bytes": 800, "bound": 600})
+    report({"noncompulsory_bytes": 0})
+    assert lines == ["dnc: 1,000 B non-compulsory (gap 50.0%), 0 s", "dnc: 800 B non-compulsory (gap 25.0%), 0 s",
+                     "dnc: 0 B non-compulsory, 0 s"]

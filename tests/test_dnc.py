@@ -10,7 +10,7 @@ from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
 from planner.runtime.simulator import simulate
 from planner.solvers import baselines, dnc, exact
-from tests.graphs import random_dags
+from tests.graphs import chain, random_dags
 
 T = Target("t", capacity=10**9, alignment=64, element_bytes=1)
 
@@ -61,9 +61,13 @@ def test_parallel_and_sequential_plans_are_identical():
     simulate(plans[0], g, pr.target)
 
 
-def test_auto_picks_dnc_on_large_graphs():
-    assert registry.members("auto", registry.AUTO_EXACT_MAX_OPS + 1) == ("dnc",)
-    assert "exact" in registry.members("auto", registry.AUTO_EXACT_MAX_OPS)
+def test_auto_sizes_graphs_by_their_exact_model():
+    chain_ = Problem(chain([4, 8, 2, 16] * 100), T)  # 399 ops, one order: a tiny model
+    wide = Problem(layered_dag(300, 0), T)
+    assert registry.exact_columns(chain_) <= registry.AUTO_EXACT_MAX_COLUMNS < registry.exact_columns(wide)
+    assert registry.members("auto", chain_)[-2:] == ("exact", "dnc")
+    assert registry.members("auto", wide) == ("dnc",)
+    assert registry.members("auto", Problem(chain([4, 8, 2, 16]), T))[-1] == "exact"  # one dnc segment
     assert registry.members("dnc") == ("dnc",)
 
 

@@ -38,7 +38,7 @@ from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
 from planner.solvers import baselines
 from planner.solvers.exact import backends, decode, orders as order_model, stages
-from planner.solvers.exact.model import Flags, build, windows
+from planner.solvers.exact.model import Flags, build, columns, windows
 
 __all__ = ["Params", "improve", "solve"]
 
@@ -72,6 +72,8 @@ class Params:
     warm_start: bool = True
     # Seconds for each exact packing of a solution's residencies.
     alloc_time_limit: float = 5.0
+    # A proven bound from elsewhere (solvers.lower, from the API): the solve stops once a plan meets it.
+    lower_bound: float | None = None
     dump_lp: str | None = None  # write the joint model here (LP/MPS by the back end)
     log: list[str] = field(default_factory=list, repr=False)  # one line per round, for benchmarks
 
@@ -114,22 +116,23 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         for replacement in ("belady", "greedy"):
             p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
             best.offer(p, _cost(problem, p), f"baseline {replacement}")
-    bound = 0.0
-    if best.cost > 0:
+    bound = float(params.lower_bound or 0.0)
+    if best.cost > bound:
         # Stage 1: the replacement problem, exactly, on each candidate order. Where the
         # graph leaves one order only (or the order is fixed), its bound is the answer's.
         win = windows(problem, True)
         forced = problem.fixed_order or all(lo == hi for lo, hi in win.values())
         redo = "plan" if problem.allow_recompute else ""
         for i, order in enumerate(orders):
+            if best.cost <= bound:  # a baseline or an earlier order met the bound given
+                break
             f = build(problem, flags, order, recompute=redo)
             lb = _rounds(f, problem, params, best, deadline, f"order {i}", _hint(f, problem, order, params))
             if forced:  # with recompute, that model restricts it: the bound comes from its relaxation
                 bound = max(bound, _relaxed_bound(problem, params, flags, order, deadline) if redo else lb)
         # The joint model's size: one column per op and step of its window, per tensor and
         # step it may be resident. Past `joint_max_columns` its LP does not solve in time.
-        size = sum(hi - lo + 1 for lo, hi in win.values() if hi > lo) + sum(
-            max(win[o][1] for o in uses) - min(win[o][0] for o in uses) + 1 for uses in _uses(problem))
+        size = columns(problem, win)
         joint = params.joint and not forced and size <= params.joint_max_columns and not redo
         # Stage 2: bounds over all orders, the spine relaxation first (small, and its
         # solution suggests an order), then the relative-order relaxation.
@@ -305,18 +308,6 @@ def _spine_bound(problem: Problem, params: Params, flags: Flags, best: _Best, de
             f = build(problem, flags, order, recompute="plan" if problem.allow_recompute else "")
             _rounds(f, problem, params, best, deadline, f"spine {i} order", _hint(f, problem, order, params))
     return bound
-
-
-def _uses(problem: Problem) -> list[list[str]]:
-    """Per tracked tensor with a use, the ops that need it resident."""
-    g = problem.graph
-    out = []
-    for t in problem.sizes:
-        tt = g.tensors[t]
-        u = ([tt.producer] if tt.producer else []) + list(tt.consumers)
-        if u:
-            out.append(u)
-    return out
 
 
 def _runs(sol: decode.Solution):

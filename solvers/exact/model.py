@@ -77,23 +77,33 @@ def windows(problem: Problem, enabled: bool, order: list[str] | None = None) -> 
         return {o: (i, i) for i, o in enumerate(order)}
     if problem.fixed_order:
         return {o.name: (i, i) for i, o in enumerate(ops)}
-    index = {o.name: i for i, o in enumerate(ops)}
-    anc = [0] * n
-    for i, o in enumerate(ops):  # topological: producers come first
-        for t in o.inputs:
-            p = problem.graph.tensors[t].producer
-            if p is not None:
-                anc[i] |= anc[index[p]] | (1 << index[p])
-    desc = [0] * n
-    for j in range(n):
-        a = anc[j]
-        while a:
-            low = a & -a
-            desc[low.bit_length() - 1] += 1
-            a ^= low
     if not enabled:
         return {o.name: (0, n - 1) for o in ops}
-    return {o.name: (bin(anc[i]).count("1"), n - 1 - desc[i]) for i, o in enumerate(ops)}
+    index = {o.name: i for i, o in enumerate(ops)}
+    preds = [{index[p] for t in o.inputs if (p := problem.graph.tensors[t].producer) is not None} for o in ops]
+    anc, desc = [0] * n, [0] * n  # bitsets: topological order sweeps them forwards and backwards
+    for i in range(n):
+        for p in preds[i]:
+            anc[i] |= anc[p] | (1 << p)
+    for i in reversed(range(n)):
+        for p in preds[i]:
+            desc[p] |= desc[i] | (1 << i)
+    return {o.name: (anc[i].bit_count(), n - 1 - desc[i].bit_count()) for i, o in enumerate(ops)}
+
+
+def columns(problem: Problem, win: dict[str, tuple[int, int]] | None = None) -> int:
+    """The joint model's size, estimated without building it: one column per op and step
+    of its window (where it has a choice), one per tensor and step it may be resident.
+    Loads, stores and liveness columns add a fraction of that; rows grow with it."""
+    win = win or windows(problem, True)
+    g = problem.graph
+    total = sum(hi - lo + 1 for lo, hi in win.values() if hi > lo)
+    for t in problem.sizes:
+        tt = g.tensors[t]
+        uses = ([tt.producer] if tt.producer else []) + list(tt.consumers)
+        if uses:
+            total += max(win[o][1] for o in uses) - min(win[o][0] for o in uses) + 1
+    return total
 
 
 def build(problem: Problem, flags: Flags, order: list[str] | None = None,

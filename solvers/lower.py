@@ -1,0 +1,377 @@
+"""Lower bounds on the non-compulsory traffic of every plan, for graphs of any size.
+
+The exact solver proves its own bound but only scales to a few hundred ops; `dnc` plans
+thousands and proves nothing. `lower_bound` gives every plan a proof (bound <= optimum),
+so a gap can be reported, from three arguments (the best one wins):
+
+1. **Peak.** When the capacity holds the no-spill peak of some order, that order needs
+   no spill (offsets aside): 0 is the bound and nothing else is computed.
+2. **Certain liveness** (`_covering`). Whatever the order, when op o computes, its own
+   tensors are resident, and every tensor made by an ancestor of o (or an input read by
+   one) and read by a descendant of o is live: resident, or in slow memory. If their
+   padded bytes exceed the capacity, some of the passing-through ones are in slow memory
+   then, and each such tensor costs at least its reload, plus its store unless that
+   store is compulsory (graph outputs, DESIGN §3). The least-cost choice that covers the
+   excess at every op (a 0-1 covering programme on HiGHS; its dual bound when time runs
+   out) is a lower bound.
+3. **Segments** (`_segments`). The ops are cut into consecutive slices of a topological
+   order, each cut where the fewest bytes are live across it. Each tensor is *owned* by one slice (its producer's, or for an input its first
+   reader's). A slice's problem keeps its ops and the tensors it owns; every tensor it
+   reads but does not own becomes a separate input per reader (resident at that step
+   only, its load free), and an owned tensor read beyond the slice becomes an output
+   (its store compulsory). Any plan of the whole graph, restricted to a slice's steps,
+   is a plan of the slice problem that moves at most the bytes the whole plan moves for
+   the slice's own tensors, so the slices' bounds (each the exact solver's, or its own
+   certain-liveness bound) add up to a bound. The state at the cuts is what is lost.
+
+The covering bound also has a row per op for the bytes live in *every* order, which is a
+minimum cut (`_Liveness.least`) and may exceed what is certainly live; its spill columns
+are then every tensor that may be live there. On random layered DAGs and RandWire graphs
+neither kind of row sees more than the capacity at any single op (an op's ancestors and
+descendants are few, so some order keeps its live set small), and slices lose what
+crosses their cuts: there the bound stays near 0 (see the benchmarks).
+
+With `fixed_order` the order is a chain: ancestors are all earlier ops, and both bounds
+hold for that order. With `allow_recompute` an activation may come back by recomputing
+its producer instead; its spill is charged the lesser of that and a reload, and slices
+are not solved (the exact solver's free-order models do not charge recomputes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.ir import Graph, Op, Tensor
+from planner.problem import Problem, align_up
+from planner.solvers.exact import backends
+
+__all__ = ["Bound", "lower_bound"]
+
+
+@dataclass
+class Bound:
+    bytes: int  # non-compulsory bytes every plan moves, at least
+    how: str  # which argument gave it, in a few words
+    seconds: float = 0.0
+
+
+def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None = None,
+                order: list[str] | None = None, segment_ops: int = 40) -> Bound:
+    """A proven lower bound on the non-compulsory bytes of every plan of `problem`.
+
+    Parameters
+    ----------
+    problem : graph, target (capacity = the budget), fixed_order / allow_recompute.
+    time_limit : seconds, about; the covering programme and the slices share them.
+    peak : the no-spill peak of some order (M_P or an upper bound on it), when known.
+    order : a topological order to cut into slices (the min-peak order is best: its
+        slices hold the ops that run together); the graph's order when None.
+    segment_ops : ops per slice; slices of four times as many are tried too (they lose
+        less at their cuts, but each is harder to bound), and the better sum counts.
+    """
+    t0 = time.perf_counter()
+    deadline = t0 + time_limit
+    if peak is not None and problem.capacity >= peak:
+        return Bound(0, "capacity holds an order's no-spill peak", time.perf_counter() - t0)
+    order = [o.name for o in problem.graph.ops] if problem.fixed_order or order is None else order
+    sizes = [k for k in (segment_ops, 4 * segment_ops) if len(order) > k] if not problem.allow_recompute else []
+    cover = _covering(problem, deadline - (0.6 * time_limit if sizes else 0.0))  # slices: the larger share
+    best = Bound(cover, "certain liveness")
+    for i, k in enumerate(sizes):
+        seg = _segments(problem, order, k, time.perf_counter() + (deadline - time.perf_counter()) / (len(sizes) - i))
+        if seg > best.bytes:
+            best = Bound(seg, f"slices of about {k} ops")
+    best.seconds = time.perf_counter() - t0
+    return best
+
+
+def _covering(problem: Problem, deadline: float) -> int:
+    """The certain-liveness covering bound in bytes (see the module docstring)."""
+    size = problem.sizes
+    a = problem.target.alignment
+    cap = align_up(problem.capacity, a)  # padded bytes resident at once fit in this (as in solvers.exact)
+    live = _Liveness(problem)
+    cost = {t: _spill_cost(problem, t) for t in size}
+    rows: list[tuple[int, list[str]]] = []
+    wide = []  # ops where an order could overflow: their least live bytes come from a min cut
+    sure_bytes, maybe_bytes = live.bytes(live.sure), live.bytes(live.made)
+    for i, o in enumerate(live.ops):
+        own = set(problem.tensors_of(o))
+        base = sum(live.pad[t] for t in own)
+        excess = base + sure_bytes[i] - sum(live.pad[t] for t in own if live.holds(live.sure, t, i)) - cap
+        if excess > 0:
+            rows.append((excess, sorted(live.at(live.sure, i) - own)))
+        reach = base + maybe_bytes[i] - sum(live.pad[t] for t in own if live.holds(live.made, t, i)) - cap
+        if reach > max(excess, 0):
+            wide.append((reach, i, own))
+    flows_until = time.perf_counter() + 0.5 * (deadline - time.perf_counter())  # the rest: the programme
+    for _, i, own in sorted(wide, key=lambda w: -w[0]):
+        if time.perf_counter() > flows_until:
+            break
+        maybe = live.at(live.made, i) - own
+        excess = sum(live.pad[t] for t in own) + live.least(i, maybe) - cap
+        if excess > 0:
+            rows.append((excess, sorted(maybe)))
+    if not rows:
+        return 0
+    m = backends.Model()
+    col: dict[str, int] = {}
+    unit = math.gcd(*(live.pad[t] for _, ts in rows for t in ts), *(e for e, _ in rows)) or 1
+    cunit = math.gcd(*(cost[t] for _, ts in rows for t in ts)) or 1  # free spills (recompute) cost 0
+    for k, (excess, ts) in enumerate(rows):
+        for t in ts:
+            if t not in col:
+                col[t] = m.var(f"z_{t}", cost=cost[t] // cunit)
+        m.row(f"cover_{k}", {col[t]: live.pad[t] // unit for t in ts}, lo=math.ceil(excess / unit))
+    left = deadline - time.perf_counter()
+    res = backends.solve(m, "highs", max(left, 0.2), 1, None, bound_only=True)
+    # every row can be covered (an op's own tensors fit, check_budget), so no infinite bound
+    return max(0, math.ceil(res.bound - 1e-6) * cunit) if math.isfinite(res.bound) else 0
+
+
+class _Liveness:
+    """Which tensors are live when an op computes, over all orders: `sure` in every order,
+    `made` in some (op x tensor matrices), and `least` the fewest padded bytes live in any.
+
+    When op i computes, the ops already run form a set I closed under predecessors that
+    holds i's ancestors and none of its descendants; a tensor is live if made in I (an
+    input: read in I) and read outside I. The least live bytes over such sets is a
+    minimum cut (a closure problem): an op node on the source side is in I, and a tensor
+    costs its bytes when its producer is in I and one of its readers is not."""
+
+    def __init__(self, problem: Problem):
+        g = problem.graph
+        self.problem = problem
+        self.ops = _ops(problem)
+        self.index = {o.name: i for i, o in enumerate(self.ops)}
+        a = problem.target.alignment
+        self.pad = {t: align_up(s, a) for t, s in problem.sizes.items()}
+        self.anc, self.desc = _closures(problem)
+        self.tensors = [t for t in problem.sizes if g.tensors[t].consumers]
+        self.row = {t: k for k, t in enumerate(self.tensors)}
+        n = len(self.ops)
+        # op x tensor: t is live when op i computes in some order (made), in every order (sure)
+        self.made = np.zeros((n, len(self.tensors)), dtype=bool)
+        self.sure = np.zeros((n, len(self.tensors)), dtype=bool)
+        for k, t in enumerate(self.tensors):
+            tt = g.tensors[t]
+            readers = [self.index[c] for c in tt.consumers]
+            before = 0  # ops with a reader among their descendants (a reader may follow)
+            for c in readers:
+                before |= self.anc[c]
+            if tt.producer is not None:
+                p = self.index[tt.producer]
+                after = self.desc[p]
+                may = ((1 << n) - 1) & ~self.anc[p] & ~(1 << p)
+            else:
+                after = 0
+                for c in readers:
+                    after |= self.desc[c]
+                may = (1 << n) - 1
+            last = 0  # ops that follow every reader: t is dead there
+            for j, c in enumerate(readers):
+                last = self.desc[c] if j == 0 else last & self.desc[c]
+            first = ~0  # an input before all its readers is not loaded yet
+            if tt.producer is None:
+                for c in readers:
+                    first &= self.anc[c]
+            else:
+                first = 0
+            self.sure[:, k] = _bits(after & before, n)
+            self.made[:, k] = _bits(may & ~last & ~(first & ((1 << n) - 1)), n)
+        self.padded = np.array([self.pad[t] for t in self.tensors], dtype=np.int64)
+
+    def bytes(self, m: np.ndarray) -> list[int]:
+        """Per op, the padded bytes of the tensors `m` marks."""
+        return [int(self.padded[m[i]].sum()) for i in range(len(self.ops))]
+
+    def holds(self, m: np.ndarray, t: str, i: int) -> bool:
+        return t in self.row and bool(m[i, self.row[t]])
+
+    def at(self, m: np.ndarray, i: int) -> set[str]:
+        return {self.tensors[k] for k in np.flatnonzero(m[i])}
+
+    def least(self, i: int, maybe: set[str]) -> int:
+        """The least padded bytes of `maybe` (what may be live when op i computes, its own
+        tensors left out) live then in any order."""
+        import networkx as nx
+
+        g = self.problem.graph
+        n = len(self.ops)
+        anc, fixed_after = self.anc[i], self.desc[i] | (1 << i)
+
+        def side(name: str):
+            j = self.index[name]
+            return "S" if anc >> j & 1 else "T" if fixed_after >> j & 1 else j
+
+        net = nx.DiGraph()
+        net.add_nodes_from(("S", "T"))
+        free = ((1 << n) - 1) & ~anc & ~fixed_after
+        while free:
+            low = free & -free
+            j = low.bit_length() - 1
+            free ^= low
+            for t in self.ops[j].inputs:
+                p = g.tensors[t].producer
+                if p is not None and side(p) != "S":
+                    net.add_edge(j, side(p))  # j in I puts its predecessors in I
+        const = 0
+        for t in maybe:
+            tt = g.tensors[t]
+            ends = {side(c) for c in tt.consumers}
+            if tt.producer is not None:
+                starts = {side(tt.producer)}
+            else:
+                starts = ends
+            if "T" in starts and len(starts) == 1 or ends == {"S"}:
+                continue  # made after i, or read before it: dead
+            if "S" in starts and "T" in ends:
+                const += self.pad[t]
+                continue
+            top, bottom = ("top", t), ("bottom", t)
+            for u in starts - {"T"}:
+                if u != "S":
+                    net.add_edge(u, top)
+            net.add_edge("S" if "S" in starts else top, bottom, capacity=self.pad[t])
+            for v in ends - {"S"}:
+                net.add_edge(bottom, v)
+        return const + nx.minimum_cut_value(net, "S", "T")
+
+
+def _bits(x: int, n: int) -> np.ndarray:
+    """The bitset `x` over n ops as a boolean array (bit i: op i)."""
+    raw = np.frombuffer(x.to_bytes((n + 7) // 8, "little"), dtype=np.uint8)
+    return np.unpackbits(raw, bitorder="little")[:n].astype(bool)
+
+
+def _spill_cost(problem: Problem, t: str) -> int:
+    """Least bytes a tensor costs when it is in slow memory while live: its reload, plus
+    its store unless that is compulsory; with recompute, at most its producer's charge."""
+    tt = problem.graph.tensors[t]
+    s = problem.sizes[t]
+    if tt.kind in ("input", "weight", "output"):
+        load = s
+    else:
+        load = 2 * s
+    if problem.allow_recompute and tt.producer is not None:
+        load = min(load, math.floor(problem.recompute_weight * problem.graph.op(tt.producer).flops))
+    return load
+
+
+def _ops(problem: Problem) -> list[Op]:
+    return problem.graph.ops
+
+
+def _closures(problem: Problem) -> tuple[list[int], list[int]]:
+    """Per op (graph order), the bitsets of its ancestors and descendants; with
+    fixed_order, every earlier op is an ancestor and every later one a descendant."""
+    ops = _ops(problem)
+    n = len(ops)
+    if problem.fixed_order:
+        return [(1 << i) - 1 for i in range(n)], [((1 << n) - 1) ^ ((1 << (i + 1)) - 1) for i in range(n)]
+    g = problem.graph
+    index = {o.name: i for i, o in enumerate(ops)}
+    preds = [{index[g.tensors[t].producer] for t in o.inputs if g.tensors[t].producer} for o in ops]
+    anc = [0] * n
+    for i in range(n):
+        for p in preds[i]:
+            anc[i] |= anc[p] | (1 << p)
+    desc = [0] * n
+    for i in reversed(range(n)):
+        for p in preds[i]:
+            desc[p] |= desc[i] | (1 << i)
+    return anc, desc
+
+
+def _segments(problem: Problem, order: list[str], segment_ops: int, deadline: float) -> int:
+    """The sum of the slices' bounds (see the module docstring); slices whose no-spill
+    peak fits contribute 0, the others share the time, fullest first."""
+    from planner.bounds import peak_bytes
+    from planner.solvers import exact
+
+    cuts = _cuts(problem, order, segment_ops)
+    parts = [order[a:b] for a, b in zip([0] + cuts, cuts + [len(order)])]
+    subs = [_slice(problem, parts, k) for k in range(len(parts))]
+    over = [(peak_bytes(s, [o.name for o in s.graph.ops]) - s.capacity, k) for k, s in enumerate(subs)]
+    todo = [k for e, k in sorted(over, reverse=True) if e > 0]
+    total = 0
+    for i, k in enumerate(todo):
+        until = time.perf_counter() + (deadline - time.perf_counter()) / (len(todo) - i)
+        sub = subs[k]
+        got = _covering(sub, time.perf_counter() + (until - time.perf_counter()) / 3)
+        if until - time.perf_counter() > 0.5:
+            p = exact.solve(sub, exact.Params(time_limit=until - time.perf_counter(),
+                                              schedule=[o.name for o in sub.graph.ops]))
+            got = max(got, int(p.solver.bound or 0))
+        total += got
+    return total
+
+
+def _cuts(problem: Problem, order: list[str], segment_ops: int) -> list[int]:
+    """Where to cut `order`: every slice holds between half and one and a half times
+    `segment_ops` ops, and each cut goes where the fewest bytes are live across it (what
+    is live across a cut is what the slices' bounds lose)."""
+    g = problem.graph
+    pos = {o: i for i, o in enumerate(order)}
+    delta = [0] * (len(order) + 1)
+    for t, s in problem.sizes.items():
+        tt = g.tensors[t]
+        uses = [pos[c] for c in tt.consumers] + ([pos[tt.producer]] if tt.producer else [])
+        if uses:  # live across every cut k with first < k <= last
+            delta[min(uses) + 1] += s
+            delta[max(uses) + 1] -= s
+    across, run = [], 0
+    for d in delta:
+        run += d
+        across.append(run)
+    cuts, start = [], 0
+    while len(order) - start > segment_ops + segment_ops // 2:
+        lo, hi = start + max(1, segment_ops // 2), start + segment_ops + segment_ops // 2
+        start = min(range(lo, hi + 1), key=lambda k: (across[k], abs(k - start - segment_ops)))
+        cuts.append(start)
+    return cuts
+
+
+def _slice(problem: Problem, parts: list[list[str]], k: int) -> Problem:
+    """The problem of slice `k`: its ops, the tensors it owns, a private input per read of
+    a tensor it does not own (see the module docstring)."""
+    g = problem.graph
+    part = {o: j for j, ops in enumerate(parts) for o in ops}
+    mine = set(parts[k])
+    pos = {o: i for j in range(len(parts)) for i, o in enumerate(parts[j])}
+
+    def owner(t: Tensor) -> int:
+        if t.producer is not None:
+            return part[t.producer]
+        return min(((part[c], pos[c]) for c in t.consumers), default=(-1, 0))[0]
+
+    tensors: dict[str, Tensor] = {}
+    ops: list[Op] = []
+    for name in parts[k]:
+        o = g.op(name)
+        ins = []
+        for t in o.inputs:
+            tt = g.tensors[t]
+            if t not in problem.sizes or owner(tt) == k:  # untracked weights stay as they are
+                ins.append(t)
+                if t not in tensors:
+                    tensors[t] = dataclasses.replace(tt, consumers=[c for c in tt.consumers if c in mine])
+            else:
+                copy = f"{t}@{name}"
+                kind = "weight" if tt.kind == "weight" else "input"
+                tensors[copy] = dataclasses.replace(tt, name=copy, kind=kind, producer=None, consumers=[name])
+                ins.append(copy)
+        for t in o.outputs:
+            tt = g.tensors[t]
+            inside = [c for c in tt.consumers if c in mine]
+            kind = "output" if tt.kind == "output" or len(inside) < len(tt.consumers) else tt.kind
+            tensors[t] = dataclasses.replace(tt, kind=kind, consumers=inside)
+        ops.append(dataclasses.replace(o, inputs=ins, fn=None))
+    sub = Graph(f"{g.name}[{k}]", tensors, ops, [t for t, v in tensors.items() if v.kind == "input"],
+                [t for t, v in tensors.items() if v.kind == "output"]).lint()
+    return Problem(sub, problem.target, fixed_order=problem.fixed_order, allow_recompute=problem.allow_recompute,
+                   recompute_weight=problem.recompute_weight)

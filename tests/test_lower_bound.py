@@ -1,0 +1,81 @@
+"""solvers.lower: the bound never exceeds the exact optimum (free and fixed orders, whole
+graphs and graphs cut into several owned slices), is 0 where the no-spill peak fits, and
+is positive where every order must spill."""
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from planner import bounds
+from planner.ir import Target
+from planner.problem import Problem
+from planner.solvers import exact
+from planner.solvers.lower import _covering, _segments, lower_bound
+from tests.graphs import build, random_dags
+
+T = Target("t", capacity=10**9, alignment=64, element_bytes=1)
+
+
+def at(g, name: str, fixed_order: bool = False) -> tuple[Problem, bounds.Budgets]:
+    b = bounds.budgets(Problem(g, T, fixed_order=fixed_order), time_limit=10)
+    return Problem(g, T.with_capacity(b.get(name)), fixed_order=fixed_order), b
+
+
+def optimum(pr: Problem, order: list[str]) -> int:
+    """The exact solver's objective: the optimum when proven, an upper bound on it always."""
+    return exact.solve(pr, exact.Params(schedule=order, time_limit=30)).solver.objective
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(random_dags(max_ops=9, alignment=64), st.sampled_from(["M_R", "M_H"]), st.integers(1, 4), st.booleans())
+def test_never_above_the_optimum(g, budget, segment_ops, fixed):
+    pr, b = at(g, budget, fixed)
+    order = b.order if not fixed else [o.name for o in g.ops]
+    best = optimum(pr, order)
+    assert _covering(pr, 1e18) <= best
+    assert _segments(pr, order, segment_ops, 1e18) <= best  # several owned slices
+    lb = lower_bound(pr, 5.0, order=order, segment_ops=segment_ops)
+    assert 0 <= lb.bytes <= best and lb.how
+
+
+def test_zero_where_the_no_spill_peak_fits():
+    g = build([("a", ["x"], ["y"]), ("b", ["y"], ["z"]), ("c", ["x", "z"], ["w"])], {"x": 640, "y": 640, "z": 640, "w": 64})
+    pr, b = at(g, "M_P")
+    lb = lower_bound(pr, 5.0, peak=b.m_p, order=b.order)
+    assert lb.bytes == 0 and "peak" in lb.how
+
+
+def test_positive_where_every_order_must_spill():
+    # x is read by a and c, so it is live while b runs: x, y, z (1,920 B) at b, but c needs
+    # only x, z, w (1,344 B). Below 1,920 B x must leave and come back: one reload of 640 B.
+    g = build([("a", ["x"], ["y"]), ("b", ["y"], ["z"]), ("c", ["x", "z"], ["w"])], {"x": 640, "y": 640, "z": 640, "w": 64})
+    pr = Problem(g, T.with_capacity(1344))
+    lb = lower_bound(pr, 5.0)
+    assert lb.bytes == 640 == optimum(pr, ["a", "b", "c"])
+
+
+def test_slices_add_up():
+    # two copies of the pattern above side by side, one per slice: each reloads its input
+    rows, sizes = [], {}
+    for k in range(2):
+        rows += [(f"a{k}", [f"x{k}"], [f"y{k}"]), (f"b{k}", [f"y{k}"], [f"z{k}"]), (f"c{k}", [f"x{k}", f"z{k}"], [f"w{k}"])]
+        sizes.update({f"x{k}": 640, f"y{k}": 640, f"z{k}": 640, f"w{k}": 64})
+    pr = Problem(build(rows, sizes), T.with_capacity(1344))
+    order = [o.name for o in pr.graph.ops]
+    assert _segments(pr, order, 3, 1e18) == optimum(pr, order) == 1280
+
+
+def test_exact_stops_at_a_bound_it_is_given():
+    g = build([("a", ["x"], ["y"]), ("b", ["y"], ["z"]), ("c", ["x", "z"], ["w"])], {"x": 640, "y": 640, "z": 640, "w": 64})
+    pr = Problem(g, T.with_capacity(1344))
+    p = exact.solve(pr, exact.Params(lower_bound=lower_bound(pr, 5.0).bytes))
+    assert (p.solver.status, p.solver.objective, p.solver.bound) == ("optimal", 640, 640)
+    assert p.extra["found_by"].startswith("baseline")  # no model was needed
+
+
+def test_free_recomputes_lower_the_bound():
+    # as above, but x is made by p from a small input that stays resident: dropped after a
+    # and recomputed at no charge before c, x costs nothing, where a store and a reload
+    # would cost 1,280 B
+    g = build([("p", ["i"], ["x"]), ("a", ["x"], ["y"]), ("b", ["y"], ["z"]), ("c", ["x", "z"], ["w"])],
+              {"i": 64, "x": 640, "y": 640, "z": 640, "w": 64})
+    pr = Problem(g, T.with_capacity(1408), allow_recompute=True, recompute_weight=0.0)
+    assert lower_bound(pr, 5.0).bytes == 0 == exact.solve(pr, exact.Params(time_limit=30)).solver.objective
+    assert lower_bound(Problem(g, pr.target), 5.0).bytes == 1280  # without recompute
