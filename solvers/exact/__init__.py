@@ -133,7 +133,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         # The joint model's size: one column per op and step of its window, per tensor and
         # step it may be resident. Past `joint_max_columns` its LP does not solve in time.
         size = columns(problem, win)
-        joint = params.joint and not forced and size <= params.joint_max_columns and not redo
+        joint = params.joint and not forced and size <= params.joint_max_columns
         # Stage 2: bounds over all orders, the spine relaxation first (small, and its
         # solution suggests an order), then the relative-order relaxation.
         if not forced and params.spine_bound and best.cost > bound:
@@ -144,13 +144,16 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             now = time.perf_counter()
             share = now + (deadline - now) / 2 if joint else deadline
             bound = max(bound, _order_bound(problem, params, best.cost, share))
-        # Stage 3: the joint model, warm-started from the best plan, for what is left.
+        # Stage 3: the joint model, warm-started from the best plan, for what is left. With
+        # recompute allowed it has no recompute columns: it still searches the orders (so
+        # allowing recompute never ends worse than forbidding it), but its bound is not one.
         if joint and best.cost > bound and deadline - time.perf_counter() > 1.0:
             f = build(problem, flags)
             hint = _encode(f, problem, best.plan, params)
-            bound = max(bound, _rounds(f, problem, params, best, deadline, "joint", hint))
+            joint_bound = _rounds(f, problem, params, best, deadline, "joint", hint)
+            bound = bound if redo else max(bound, joint_bound)
         elif not forced and not joint:
-            params.log.append(f"joint model skipped: {'recompute allowed' if redo else f'about {size} columns'}")
+            params.log.append(f"joint model skipped: about {size} columns")
     cost = best.cost
     bound = min(bound, cost)
     status = "optimal" if cost <= bound else "feasible"
