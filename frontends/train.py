@@ -53,6 +53,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.flop_counter import flop_registry
 
 from planner.errors import BadInput, Infeasible, UnsupportedModel
+from planner.frontends.train_memory import WORKSPACE, annotate_workspaces
 from planner.ir import Bytes, Target, get_target
 from planner.units import parse_bytes
 
@@ -60,6 +61,7 @@ __all__ = ["TrainOptions", "TrainReport", "compile_train", "replay_peak"]
 
 log = logging.getLogger(__name__)
 MEMORY_BYTES_PER_S = 2e12  # device-memory bandwidth for the roofline of memory-bound ops (Target has none)
+_WORKSPACES: dict[tuple, Bytes] = {}  # calibrated kernel workspaces by call signature (train_memory), per process
 _TIGHTEN_ROUNDS = 4
 
 
@@ -167,10 +169,16 @@ def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, A
 
 def _compilers(name: str) -> tuple[Callable, Callable]:
     if name == "eager":
-        from functorch.compile import make_boxed_func
-
         def eager(gm: fx.GraphModule, _inputs: list) -> Callable:
-            return make_boxed_func(gm.forward)
+            # boxed: the graph takes its argument list and empties it, so each saved value is
+            # freed after its last reader (as the replay counts), not when the backward returns
+            gm.graph.set_codegen(fx.graph._BoxedCodeGen())
+            gm.recompile()
+
+            def run(args: list) -> Any:
+                return gm(args)
+            run._boxed_call = True
+            return run
         return eager, eager
     from torch._inductor.compile_fx import compile_fx_inner
     return (functools.partial(compile_fx_inner, is_backward=False),
@@ -279,6 +287,9 @@ class _Timeline:
         self.n_forward = len(self.fwd)
         self._storages(nodes)
         self._uses(nodes)
+        annotate_workspaces(joint, _WORKSPACES)
+        devices = {t.device.type for n in nodes if n.op == "placeholder" for t in _tensors(n.meta.get("val"))}
+        self.device = "cuda" if "cuda" in devices else "cpu" if devices <= {"cpu"} else devices.pop()
 
     def _storages(self, nodes: list[fx.Node]) -> None:
         """keys[n]: the storages n's value lives in; owner[s]: the call that allocated s
@@ -329,6 +340,8 @@ class _Timeline:
             base[last + 1] -= self.nbytes[k]
         for t in range(1, end + 1):
             base[t] += base[t - 1]
+        for t, n in enumerate(self.steps):  # a kernel's scratch, live while it runs
+            base[t] += n.meta.get(WORKSPACE, 0)
         values = []
         for n in self.fwd:
             owned = [k for k in self.keys[n] if self.owner[k] is n and self.readers[k]]
@@ -538,7 +551,8 @@ def replay_peak(fw: fx.GraphModule, bw: fx.GraphModule) -> Bytes:
     Each call allocates the storages of its value that are new (views allocate nothing); a
     storage is freed after the last node reading it, unless a graph output holds it; the forward's
     saved outputs are the backward's placeholders, live from its start. Inputs, weights, tangents
-    and host copies are not device bytes of the step.
+    and host copies are not device bytes of the step. A call's measured workspace
+    (`node.meta[WORKSPACE]`, set by `train_memory.annotate_workspaces`) is live while it runs.
     """
     peak_f, _ = _replay(fw, initial=False)
     peak_b, _ = _replay(bw, initial=True)
@@ -572,7 +586,7 @@ def _replay(gm: fx.GraphModule, initial: bool) -> tuple[Bytes, Bytes]:
         for k in keys[n]:
             if k not in external and k not in live:
                 live[k] = size[k]
-        peak = max(peak, sum(live.values()))
+        peak = max(peak, sum(live.values()) + n.meta.get(WORKSPACE, 0))
         for k in [k for k in live if last.get(k, i) <= i]:
             del live[k]
     return peak, sum(live.values())
