@@ -43,6 +43,7 @@ import logging
 import operator
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -55,6 +56,7 @@ from torch.utils.flop_counter import flop_registry
 from planner.errors import BadInput, Infeasible, UnsupportedModel
 from planner.frontends.train_memory import WORKSPACE, annotate_workspaces
 from planner.ir import Bytes, Target, get_target
+from planner.plan import SolverInfo
 from planner.units import parse_bytes
 
 __all__ = ["TrainOptions", "TrainReport", "compile_train", "replay_peak"]
@@ -76,34 +78,57 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
 
+NAMES = ("M_R", "M_H", "M_P")  # named budgets (see compile_train)
+
+
+def budget_name(budget: Any) -> str | None:
+    """"M_R" / "M_H" / "M_P" for a named budget (any case, "-" for "_"), else None."""
+    if isinstance(budget, str) and budget.strip().upper().replace("-", "_") in NAMES:
+        return budget.strip().upper().replace("-", "_")
+    return None
+
+
 @dataclass(frozen=True)
 class TrainOptions:
-    memory_budget: Bytes  # peak bytes of one compiled step (see the module docstring)
+    memory_budget: Bytes | str = "M_P"  # bytes, or "M_R" / "M_H" / "M_P" (see compile_train)
     solver: str = "milp"  # "milp" (exact on the model, greedy warm start) or "greedy"
-    time_limit: float = 30.0  # seconds for the 0-1 programme
+    time_limit: float = 15.0  # seconds for the solves of one graph, all together
     compiler: str = "inductor"  # "inductor", or "eager" (the fx graphs run as they are)
     strict: bool = False  # raise instead of warning and falling back when a graph cannot be planned
     target: str = "gpu-fp32"  # roofline (flops/s, host copy bytes/s) for the added-time objective
-    offload: bool = True  # allow host offload
+    offload: bool = True  # allow host offload (never on CPU, where host and device memory are one)
     recompute: bool = True  # allow recomputation
 
     @staticmethod
     def from_dict(options: dict[str, Any]) -> TrainOptions:
-        """Reads the backend's options (never mutating them); unknown keys are an error."""
+        """Reads the backend's options (never mutating them); unknown keys are an error.
+
+        frontends.dynamo hands over its whole options dict: its "fold_bn" (inference only:
+        training updates the batch norms) and torch's own keys are accepted and not used, and
+        its default solver "auto" means "milp"."""
         opts = dict(options)
         if opts.pop("mode", "train") not in ("train", "auto"):  # "auto": frontends.dynamo saw a training graph
             raise BadInput("compile_train plans training graphs: mode must be 'train'")
+        for key in ("fold_bn", "guard_filter_fn", "use_aoti"):
+            opts.pop(key, None)
         names = {f.name for f in dataclasses.fields(TrainOptions)}
         unknown = sorted(set(opts) - names)
         if unknown:
             raise BadInput(f"unknown option(s) {unknown}; choose from {sorted(names | {'mode'})}")
-        if "memory_budget" not in opts:
-            raise BadInput("memory_budget is required, in bytes or as '6GiB'")
-        opts["memory_budget"] = parse_bytes(opts["memory_budget"])
+        budget = opts.get("memory_budget")
+        budget = "M_P" if budget is None else budget
+        opts["memory_budget"] = budget_name(budget) or parse_bytes(budget)
+        if opts["memory_budget"] == 0:
+            raise BadInput("memory_budget must be positive")
+        if opts.get("solver") in (None, "auto"):
+            opts["solver"] = "milp"
+        if opts["solver"] not in ("milp", "greedy"):
+            raise BadInput(f"solver must be 'milp', 'greedy' or 'auto', not {opts['solver']!r}")
         if opts.get("compiler", "inductor") not in ("inductor", "eager"):
             raise BadInput(f"compiler must be 'inductor' or 'eager', not {opts['compiler']!r}")
-        if opts.get("solver", "milp") not in ("milp", "greedy"):
-            raise BadInput(f"solver must be 'milp' or 'greedy', not {opts['solver']!r}")
+        limit = opts.get("time_limit", 15.0)
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < float("inf"):
+            raise BadInput(f"time_limit={limit!r} must be a positive number of seconds")
         get_target(opts.get("target", "gpu-fp32"))
         return TrainOptions(**opts)
 
@@ -112,7 +137,8 @@ class TrainOptions:
 class TrainReport:
     """What the partition function decided for one graph; filled when the graph compiles."""
 
-    budget: Bytes
+    budget: Bytes | str  # the budget asked for; bytes once the graph is planned
+    requested: Bytes | str = ""  # as the options gave it (a name or bytes)
     choice: dict[str, str] = field(default_factory=dict)  # forward op -> keep / offload / recompute
     recomputed: list[str] = field(default_factory=list)  # forward ops the backward graph runs again
     offloaded: list[str] = field(default_factory=list)  # saved tensors copied to host
@@ -122,26 +148,77 @@ class TrainReport:
     solver: Any = None  # planner.plan.SolverInfo of the last solve
     rounds: int = 0  # solves (more than one when the replay tightened the budget)
     planning_s: float = 0.0
+    least_peak: Bytes | None = None  # M_R: the least replayed peak planner reaches (when it was needed)
+    keep_all_peak: Bytes | None = None  # M_P: the replayed peak keeping every saved value
+    source: str = ""  # "planner", "least" (the cached least-peak plan) or "torch-min-cut@r"
+    device: str = ""
+    shape: tuple = ()  # the example inputs' shapes this graph was planned for
     fallback: str | None = None  # why the graph was not planned (non-strict fallback)
 
 
 class Compiled:
-    """The compiled training callable, with the report of its planning."""
+    """The compiled training callable, with the report of its planning.
 
-    def __init__(self, fn: Callable, report: TrainReport):
-        self.fn, self.report = fn, report
-        self._boxed_call = getattr(fn, "_boxed_call", False)
+    A graph dynamo captured with dynamic shapes (after a new batch size, by default) cannot be
+    planned: its sizes are symbols. It is compiled again for every static shape it is called
+    with, under the same budget, and kept per shape (`reports` has one report each); `report`
+    is the latest."""
+
+    def __init__(self, fn: Callable | None, report: TrainReport,
+                 per_shape: Callable[[list], tuple[Callable, TrainReport]] | None = None):
+        self.fn, self.report, self._per_shape = fn, report, per_shape
+        self.reports: dict[tuple, TrainReport] = {report.shape: report} if fn is not None else {}
+        self._fns: dict[tuple, Callable] = {}
+        self._boxed_call = getattr(fn, "_boxed_call", False) if fn is not None else True
 
     def __call__(self, *args: Any) -> Any:
-        return self.fn(*args)
+        if self._per_shape is None:
+            return self.fn(*args)
+        args_list = args[0]  # boxed: one list, emptied by the callee
+        key = _shape_key(args_list)
+        if key not in self._fns:
+            self._fns[key], self.report = self._per_shape(list(args_list))
+            self.reports[key] = self.report
+        fn = self._fns[key]
+        if getattr(fn, "_boxed_call", False):
+            return fn(args_list)
+        values = list(args_list)
+        args_list.clear()
+        return fn(*values)
+
+
+def _shape_key(args: list) -> tuple:
+    """The static shape of a call: tensors' shapes, strides and dtypes, and the integers."""
+    return tuple((tuple(a.shape), tuple(a.stride()), a.dtype) if isinstance(a, torch.Tensor) else
+                 (a if isinstance(a, int) else type(a).__name__) for a in args)
+
+
+def _is_dynamic(example_inputs: list) -> bool:
+    return any(isinstance(a, torch.SymInt) or (isinstance(a, torch.Tensor) and any(
+        isinstance(s, torch.SymInt) for s in (*a.shape, *a.stride()))) for a in example_inputs)
 
 
 def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, Any] | None = None) -> Compiled:
-    """Compiles `gm` for training under `options["memory_budget"]` bytes.
+    """Compiles `gm` for training under `options["memory_budget"]`.
+
+    The budget counts every byte the compiled forward and backward allocate on the device
+    (see the module docstring), kernels' scratch included. It is bytes, a size ("200MB",
+    "6GiB"), or a name, resolved per graph from its replayed peaks:
+
+    - "M_P" (the default, also for None): keep every value the backward reads, the least
+      memory with no recomputation and no transfers (the training analogue of DESIGN's M_P,
+      the least peak with no spill traffic, for the graph's own order);
+    - "M_R": the least peak planner reaches with recomputation, and offload where it saves
+      device memory (never on CPU); below it no plan fits, as no plan fits below DESIGN's
+      M_R. It is the best of the 0-1 programme's least-peak solve and torch's min-cut
+      partitions (activation_memory_budget 0 and 1) replayed the same way, cached per graph,
+      so the minimum an Infeasible error names is reached when asked for;
+    - "M_H": (M_R + M_P) / 2.
 
     Parameters
     ----------
-    gm, example_inputs : what torch.compile hands a backend.
+    gm, example_inputs : what torch.compile hands a backend; a graph with dynamic shapes is
+        planned again for each static shape it is called with (see `Compiled`).
     options : TrainOptions fields as a dict, plus "mode": "train"; not modified.
 
     Returns
@@ -151,12 +228,25 @@ def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, A
     Raises
     ------
     BadInput : bad options. Infeasible : the budget is below the least peak we can reach
-        (`minimum` says it).
+        (`minimum` says it; asking for that budget succeeds).
     """
     opts = TrainOptions.from_dict(options or {})
+    if _is_dynamic(example_inputs):
+        log.info("planner train: dynamic shapes; planning each static shape under the same budget")
+
+        def per_shape(args: list) -> tuple[Callable, TrainReport]:
+            return _compile_static(gm, args, opts)
+        return Compiled(None, TrainReport(opts.memory_budget, opts.memory_budget), per_shape)
+    fn, report = _compile_static(gm, example_inputs, opts)
+    return Compiled(fn, report)
+
+
+def _compile_static(gm: fx.GraphModule, example_inputs: list, opts: TrainOptions) -> tuple[Callable, TrainReport]:
+    """aot_autograd with our partition function, for one static shape."""
     from torch._dynamo.backends.common import aot_autograd
 
-    report = TrainReport(opts.memory_budget)
+    report = TrainReport(opts.memory_budget, opts.memory_budget,
+                         shape=_shape_key([a for a in example_inputs if isinstance(a, (torch.Tensor, int))]))
     fw_compiler, bw_compiler = _compilers(opts.compiler)
     extra = {}
     if opts.compiler == "inductor":
@@ -164,7 +254,7 @@ def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, A
         extra["decompositions"] = select_decomp_table()
     backend = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler,
                            partition_fn=functools.partial(_partition, opts=opts, report=report), **extra)
-    return Compiled(backend(gm, example_inputs), report)
+    return backend(gm, example_inputs), report
 
 
 def _compilers(name: str) -> tuple[Callable, Callable]:
@@ -187,55 +277,178 @@ def _compilers(name: str) -> tuple[Callable, Callable]:
 
 def _partition(joint: fx.GraphModule, joint_inputs: Any, *, opts: TrainOptions, report: TrainReport,
                num_fwd_outputs: int, **kwargs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
-    """aot_autograd's partition_fn: plan, split, offload, replay, tighten."""
+    """aot_autograd's partition_fn: plan, split, offload, replay, tighten; below what the
+    programme reaches, the cached least-peak plan; below that, Infeasible."""
     t0 = time.perf_counter()
     try:
         timeline = _Timeline(joint, num_fwd_outputs, get_target(opts.target), opts)
     except UnsupportedModel as e:
         if opts.strict:
             raise
-        log.warning("planner: cannot plan this graph (%s); using torch's min-cut partition", e)
+        # never silent: the budget is not applied to this graph
+        warnings.warn(f"planner: cannot plan this training graph ({e}); the memory budget is NOT applied to it "
+                      "(torch's min-cut partition is used); pass strict=True to raise instead", stacklevel=2)
         report.fallback = str(e)
         return P.min_cut_rematerialization_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kwargs)
     from planner.solvers import remat
 
-    params = remat.Params(time_limit=opts.time_limit, method=opts.solver, offload=opts.offload,
-                          recompute=opts.recompute)
-    budget, tried = opts.memory_budget, []
+    deadline = t0 + opts.time_limit
+    params = remat.Params(time_limit=opts.time_limit, method=opts.solver, recompute=opts.recompute,
+                          offload=opts.offload and timeline.device != "cpu")  # on CPU a host copy saves nothing
+    plans = _Plans(timeline, params, kwargs.get("static_lifetime_input_indices"))
+    report.device = timeline.device
+    report.keep_all_peak = plans.keep_all()[2]
+    name = budget_name(opts.memory_budget)
+    if name is not None:
+        report.least_peak = None if name == "M_P" else plans.least(deadline).peak
+        budget = {"M_P": report.keep_all_peak, "M_R": report.least_peak,
+                  "M_H": ((report.least_peak or 0) + report.keep_all_peak) // 2}[name]
+    else:
+        budget = opts.memory_budget
+    report.budget = budget
+    found = None
+    if budget >= report.keep_all_peak:
+        found = plans.keep_all()
+        report.solver = SolverInfo("keep-all", "optimal", 0, 0, 0.0, 0.0)
+        report.source, report.rounds = "planner", 0
+    modelled, tried = budget, []
     for rounds in range(1, _TIGHTEN_ROUNDS + 1):
-        problem = timeline.problem(budget)
+        if found is not None or time.perf_counter() > deadline:
+            break
         try:
-            decision = remat.solve(problem, params)
+            left = max(1.0, (deadline - time.perf_counter()) / 2)  # the rest: the least-peak fallback
+            decision = remat.solve(timeline.problem(modelled), dataclasses.replace(params, time_limit=left))
         except Infeasible as e:
-            # the model overestimates some recomputations: the least-memory plan may still fit
-            decision = _replayed(timeline, e.least)
-            if decision.peak > opts.memory_budget:
-                raise Infeasible(f"no plan fits {opts.memory_budget:,} B; the least peak planner reaches is "
-                                 f"{decision.peak:,} B, replayed ({e})", op=e.op, minimum=decision.peak) from None
+            plans.least(deadline, programme=getattr(e, "least", None))
+            break
         fw, bw, recomputed = timeline.split(decision.choice, decision.prefetch)
         peak = replay_peak(fw, bw)
         tried.append(peak)
-        report.choice, report.recomputed = decision.choice, recomputed
-        report.offloaded = [n for n, c in decision.choice.items() if c == remat.OFFLOAD]
-        report.modelled_peak, report.replayed_peak, report.added_s = decision.peak, peak, decision.added_s
-        report.solver, report.rounds = decision.solver, rounds
-        if peak <= opts.memory_budget:
+        report.rounds = rounds
+        if peak <= budget:
+            found = (fw, bw, peak, recomputed, decision)
+            report.solver, report.source = decision.solver, "planner"
             break
-        budget -= peak - opts.memory_budget
-    else:
-        raise Infeasible(f"the replayed peaks {tried} stay above the budget {opts.memory_budget:,} B after "
-                         f"{_TIGHTEN_ROUNDS} rounds", minimum=min(tried))
+        modelled -= peak - budget
+    if found is None:  # the least-peak plan (cached per graph), when it fits
+        least = plans.least(deadline)
+        report.least_peak = least.peak
+        if least.peak > budget:
+            raise Infeasible(f"no plan fits {budget:,} B; the least peak planner reaches is {least.peak:,} B "
+                             f"(replayed; {least.source}); ask for at least that", op=least.op,
+                             minimum=least.peak)
+        fw, bw, recomputed = timeline.split(least.decision.choice, least.decision.prefetch)
+        found = (fw, bw, least.peak, recomputed, least.decision)
+        report.solver, report.source = least.decision.solver, least.source
+    fw, bw, peak, recomputed, decision = found
+    report.choice, report.recomputed = decision.choice, recomputed
+    report.offloaded = [n for n, c in decision.choice.items() if c == remat.OFFLOAD]
+    report.modelled_peak, report.replayed_peak, report.added_s = decision.peak, peak, decision.added_s
     report.planning_s = time.perf_counter() - t0
     log.info("planner train: budget %d, peak %d (model %d), recomputed %d ops, offloaded %d, %s %s, %.2f s",
-             opts.memory_budget, peak, decision.peak, len(recomputed), len(report.offloaded),
-             decision.solver.name, decision.solver.status, report.planning_s)
+             budget, peak, decision.peak, len(recomputed), len(report.offloaded),
+             report.solver.name, report.solver.status, report.planning_s)
     return fw, bw
 
 
-def _replayed(timeline: _Timeline, least: Any) -> Any:
-    """The least-memory decision with its replayed peak as its peak: the smallest budget we reach."""
-    fw, bw, _ = timeline.split(least.choice, least.prefetch)
-    return dataclasses.replace(least, peak=replay_peak(fw, bw))
+@dataclass
+class _Least:
+    """The least-peak plan of one graph: its decision, replayed peak and where it came from."""
+
+    decision: Any  # solvers.remat.Decision
+    peak: Bytes
+    source: str
+    op: str | None
+
+
+_LEAST: dict[tuple, _Least] = {}  # graph fingerprint and options -> least-peak plan (per process)
+
+
+class _Plans:
+    """The plans of one graph that do not depend on the budget: keeping everything, and the
+    least peak (cached per graph across compiles, so a minimum once reported is reached)."""
+
+    def __init__(self, timeline: _Timeline, params: Any, static_lifetime: list[int] | None):
+        self.timeline, self.params, self.static_lifetime = timeline, params, static_lifetime
+        self._keep_all: tuple | None = None
+
+    def keep_all(self) -> tuple:
+        """(fw, bw, replayed peak, recomputed, decision) keeping every value the backward reads."""
+        if self._keep_all is None:
+            from planner.solvers import remat
+
+            problem = self.timeline.problem(0)
+            choice = {v.name: remat.KEEP for v in problem.values if v.bwd_first is not None}
+            fw, bw, recomputed = self.timeline.split(choice, {})
+            peak, added = remat.evaluate(problem, choice, self.params)
+            self._keep_all = (fw, bw, replay_peak(fw, bw), recomputed,
+                              remat.Decision(choice, {}, peak, added, None))
+        return self._keep_all
+
+    def least(self, deadline: float, programme: Any = None) -> _Least:
+        """The least replayed peak among the programme's least-peak solve and torch's min-cut
+        partitions (activation_memory_budget 0 and 1, its dp solver), each replayed by our split:
+        the model's approximations (a value held to its last possible need) cost a few percent
+        that torch's cuts sometimes avoid. `programme`: the least-peak decision a failed solve
+        already found (the same programme), so it is not solved twice."""
+        from planner.solvers import remat
+
+        key = (self.timeline.fingerprint(), self.params.offload, self.params.recompute, self.params.method)
+        if key in _LEAST:
+            return _LEAST[key]
+        problem = self.timeline.problem(0)
+        left = max(1.0, deadline - time.perf_counter())
+        d = programme or remat.min_peak(problem, dataclasses.replace(self.params, time_limit=left))
+        fw, bw, _ = self.timeline.split(d.choice, d.prefetch)
+        best = _Least(d, replay_peak(fw, bw), f"programme {d.solver.name} {d.solver.status}", None)
+        if self.params.recompute:
+            for ratio in (0.0, 1.0):
+                choice = self._torch_choice(ratio)
+                if choice is None:
+                    continue
+                fw, bw, _ = self.timeline.split(choice, {})
+                peak = replay_peak(fw, bw)
+                if peak < best.peak:
+                    modelled, added = remat.evaluate(problem, choice, self.params)
+                    info = SolverInfo(f"torch-min-cut@{ratio}", "heuristic", peak, None, None, 0.0)
+                    best = _Least(remat.Decision(choice, {}, modelled, added, info), peak,
+                                  f"torch min-cut partition, activation_memory_budget {ratio}", None)
+        best.op = self.timeline.steps[min(remat.peak_step(problem, best.decision.choice, self.params),
+                                          len(self.timeline.steps) - 1)].name
+        _LEAST[key] = best
+        return best
+
+    def _torch_choice(self, ratio: float) -> dict[str, str] | None:
+        """The values torch's min-cut partition saves at `activation_memory_budget` = ratio, as
+        our choice (saved: keep; the rest: recompute), partitioning a copy of the joint graph
+        (torch's CSE and tag clean-up rewrite the graph they are given)."""
+        from torch._functorch import config
+
+        from planner.solvers import remat
+
+        tl = self.timeline
+        g = fx.Graph()
+        g.output(g.graph_copy(tl.joint.graph, {}))
+        copy = fx.GraphModule(tl.joint, g)
+        try:
+            with config.patch(activation_memory_budget=ratio, activation_memory_budget_solver="dp"):
+                fw, _ = P.min_cut_rematerialization_partition(
+                    copy, None, num_fwd_outputs=tl.num_fwd_outputs,
+                    static_lifetime_input_indices=self.static_lifetime)
+        except Exception as e:  # torch's partitioner fails on some graphs: one candidate fewer
+            log.info("planner: torch's min-cut partition at %s failed (%s)", ratio, e)
+            return None
+        out = next(n for n in reversed(fw.graph.nodes) if n.op == "output")
+        by_name = {n.name: n for n in tl.joint.graph.nodes}
+        saved = set()
+        for a in list(out.args[0])[tl.num_fwd_outputs:]:
+            n = by_name.get(getattr(a, "name", None))
+            for k in tl.keys.get(n, []) if n is not None else []:
+                if tl.owner[k] is not None:
+                    saved.add(tl.owner[k].name)
+        problem = tl.problem(0)
+        return {v.name: remat.KEEP if v.name in saved or not v.recomputable else remat.RECOMPUTE
+                for v in problem.values}
 
 
 # -- 1. the timeline and the problem ----------------------------------------------------------
@@ -290,6 +503,16 @@ class _Timeline:
         annotate_workspaces(joint, _WORKSPACES)
         devices = {t.device.type for n in nodes if n.op == "placeholder" for t in _tensors(n.meta.get("val"))}
         self.device = "cuda" if "cuda" in devices else "cpu" if devices <= {"cpu"} else devices.pop()
+
+    def fingerprint(self) -> tuple:
+        """What identifies the graph across compiles: its code, its inputs' shapes, strides and
+        dtypes, and the device (the least-peak cache's key)."""
+        import hashlib
+
+        shapes = [(n.name, tuple(t.shape), tuple(t.stride()), str(t.dtype), str(t.device))
+                  for n in self.joint.graph.nodes if n.op == "placeholder" for t in _tensors(n.meta.get("val"))]
+        text = self.joint.code + repr(shapes) + repr(self.num_fwd_outputs)
+        return (hashlib.sha256(text.encode()).hexdigest(),)
 
     def _storages(self, nodes: list[fx.Node]) -> None:
         """keys[n]: the storages n's value lives in; owner[s]: the call that allocated s

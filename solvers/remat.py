@@ -55,7 +55,7 @@ from planner.errors import Infeasible
 from planner.ir import Bytes
 from planner.plan import SolverInfo
 
-__all__ = ["Value", "RematProblem", "Params", "Decision", "solve", "evaluate", "min_memory", "min_peak"]
+__all__ = ["Value", "RematProblem", "Params", "Decision", "solve", "evaluate", "peak_step", "min_memory", "min_peak"]
 
 KEEP, OFFLOAD, RECOMPUTE = "keep", "offload", "recompute"
 
@@ -162,6 +162,11 @@ def evaluate(problem: RematProblem, choice: dict[str, str], params: Params | Non
     """(modelled peak bytes, modelled added seconds) of a choice."""
     terms = _Terms(problem, params or Params())
     return terms.peak(choice)[0], terms.cost(choice) * 1e-9
+
+
+def peak_step(problem: RematProblem, choice: dict[str, str], params: Params | None = None) -> int:
+    """The first step of the segment where a choice's modelled peak happens (names the op in errors)."""
+    return _Terms(problem, params or Params()).peak(choice)[1]
 
 
 def min_memory(problem: RematProblem, params: Params | None = None) -> dict[str, str]:
