@@ -92,7 +92,7 @@ def budget_name(budget: Any) -> str | None:
 class TrainOptions:
     memory_budget: Bytes | str = "M_P"  # bytes, or "M_R" / "M_H" / "M_P" (see compile_train)
     solver: str = "milp"  # "milp" (exact on the model, greedy warm start) or "greedy"
-    time_limit: float = 15.0  # seconds for the solves of one graph, all together
+    time_limit: float = 12.0  # seconds for planning one graph, all solves together (a deadline, not a cap on overhead)
     compiler: str = "inductor"  # "inductor", or "eager" (the fx graphs run as they are)
     strict: bool = False  # raise instead of warning and falling back when a graph cannot be planned
     target: str = "gpu-fp32"  # roofline (flops/s, host copy bytes/s) for the added-time objective
@@ -126,7 +126,7 @@ class TrainOptions:
             raise BadInput(f"solver must be 'milp', 'greedy' or 'auto', not {opts['solver']!r}")
         if opts.get("compiler", "inductor") not in ("inductor", "eager"):
             raise BadInput(f"compiler must be 'inductor' or 'eager', not {opts['compiler']!r}")
-        limit = opts.get("time_limit", 15.0)
+        limit = opts.get("time_limit", 12.0)
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < float("inf"):
             raise BadInput(f"time_limit={limit!r} must be a positive number of seconds")
         get_target(opts.get("target", "gpu-fp32"))
@@ -169,22 +169,17 @@ class Compiled:
         self.fn, self.report, self._per_shape = fn, report, per_shape
         self.reports: dict[tuple, TrainReport] = {report.shape: report} if fn is not None else {}
         self._fns: dict[tuple, Callable] = {}
-        self._boxed_call = getattr(fn, "_boxed_call", False) if fn is not None else True
+        self._boxed_call = getattr(fn, "_boxed_call", False) if fn is not None else False
 
     def __call__(self, *args: Any) -> Any:
         if self._per_shape is None:
             return self.fn(*args)
-        args_list = args[0]  # boxed: one list, emptied by the callee
-        key = _shape_key(args_list)
+        key = _shape_key(list(args))
         if key not in self._fns:
-            self._fns[key], self.report = self._per_shape(list(args_list))
+            self._fns[key], self.report = self._per_shape(list(args))
             self.reports[key] = self.report
         fn = self._fns[key]
-        if getattr(fn, "_boxed_call", False):
-            return fn(args_list)
-        values = list(args_list)
-        args_list.clear()
-        return fn(*values)
+        return fn(list(args)) if getattr(fn, "_boxed_call", False) else fn(*args)
 
 
 def _shape_key(args: list) -> tuple:
@@ -196,6 +191,28 @@ def _shape_key(args: list) -> tuple:
 def _is_dynamic(example_inputs: list) -> bool:
     return any(isinstance(a, torch.SymInt) or (isinstance(a, torch.Tensor) and any(
         isinstance(s, torch.SymInt) for s in (*a.shape, *a.stride()))) for a in example_inputs)
+
+
+def _specialize(gm: fx.GraphModule, args: list) -> tuple[fx.GraphModule, list]:
+    """A copy of a dynamic-shape graph with its size arguments (the integers dynamo passes for
+    its symbols) replaced by the call's values, and the tensor arguments left: a static graph
+    aot_autograd traces at these shapes. The copy carries no dynamo metadata (its arguments no
+    longer match dynamo's sources)."""
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    g.output(g.graph_copy(gm.graph, env))
+    placeholders = [env[n] for n in gm.graph.nodes if n.op == "placeholder"]
+    tensors = []
+    for ph, a in zip(placeholders, args):
+        if isinstance(a, torch.Tensor):
+            tensors.append(a)
+            continue
+        for user in list(ph.users):
+            user.args, user.kwargs = fx.node.map_aggregate((user.args, user.kwargs), lambda x: a if x is ph else x)
+        g.erase_node(ph)
+    static = fx.GraphModule(gm, g)
+    static.meta = {}
+    return static, tensors
 
 
 def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, Any] | None = None) -> Compiled:
@@ -235,7 +252,13 @@ def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, A
         log.info("planner train: dynamic shapes; planning each static shape under the same budget")
 
         def per_shape(args: list) -> tuple[Callable, TrainReport]:
-            return _compile_static(gm, args, opts)
+            static, tensors = _specialize(gm, args)
+            fn, report = _compile_static(static, tensors, opts)
+            kept = [k for k, a in enumerate(args) if not isinstance(a, (int, torch.SymInt))]
+
+            def call(*values: Any) -> Any:  # the graph's arguments less the sizes now baked in
+                return fn(*[values[k] for k in kept])
+            return call, report
         return Compiled(None, TrainReport(opts.memory_budget, opts.memory_budget), per_shape)
     fn, report = _compile_static(gm, example_inputs, opts)
     return Compiled(fn, report)
@@ -397,22 +420,24 @@ class _Plans:
         if key in _LEAST:
             return _LEAST[key]
         problem = self.timeline.problem(0)
-        left = max(1.0, deadline - time.perf_counter())
-        d = programme or remat.min_peak(problem, dataclasses.replace(self.params, time_limit=left))
-        fw, bw, _ = self.timeline.split(d.choice, d.prefetch)
-        best = _Least(d, replay_peak(fw, bw), f"programme {d.solver.name} {d.solver.status}", None)
-        if self.params.recompute:
-            for ratio in (0.0, 1.0):
-                choice = self._torch_choice(ratio)
-                if choice is None:
-                    continue
+        candidates = []  # (replayed peak, decision, source)
+        for ratio in (0.0, 1.0) if self.params.recompute else ():
+            choice = self._torch_choice(ratio)
+            if choice is not None:
                 fw, bw, _ = self.timeline.split(choice, {})
-                peak = replay_peak(fw, bw)
-                if peak < best.peak:
-                    modelled, added = remat.evaluate(problem, choice, self.params)
-                    info = SolverInfo(f"torch-min-cut@{ratio}", "heuristic", peak, None, None, 0.0)
-                    best = _Least(remat.Decision(choice, {}, modelled, added, info), peak,
-                                  f"torch min-cut partition, activation_memory_budget {ratio}", None)
+                modelled, added = remat.evaluate(problem, choice, self.params)
+                info = SolverInfo(f"torch-min-cut@{ratio}", "heuristic", None, None, None, 0.0)
+                candidates.append((replay_peak(fw, bw), remat.Decision(choice, {}, modelled, added, info),
+                                   f"torch min-cut partition, activation_memory_budget {ratio}"))
+        if programme is None:
+            left = max(1.0, deadline - time.perf_counter())
+            programme = remat.min_peak(problem, dataclasses.replace(self.params, time_limit=left),
+                                       hints=[d.choice for _, d, _ in candidates])
+        fw, bw, _ = self.timeline.split(programme.choice, programme.prefetch)
+        candidates.append((replay_peak(fw, bw), programme, f"programme, {programme.solver.name} "
+                           f"{programme.solver.status}"))
+        peak, decision, source = min(candidates, key=lambda c: c[0])
+        best = _Least(decision, peak, source, None)
         best.op = self.timeline.steps[min(remat.peak_step(problem, best.decision.choice, self.params),
                                           len(self.timeline.steps) - 1)].name
         _LEAST[key] = best

@@ -174,16 +174,19 @@ def min_memory(problem: RematProblem, params: Params | None = None) -> dict[str,
     return min_peak(problem, params).choice
 
 
-def min_peak(problem: RematProblem, params: Params | None = None) -> Decision:
+def min_peak(problem: RematProblem, params: Params | None = None,
+             hints: list[dict[str, str]] | tuple = ()) -> Decision:
     """The least modelled peak: the 0-1 programme with the peak as its objective (method
-    "milp"), warm-started from the better of the greedy at a zero budget and recomputing
-    everything recomputable; with method "greedy", that better one alone. `solver.objective`
-    is the peak in bytes."""
+    "milp"), warm-started from the best of the greedy at a zero budget, recomputing
+    everything recomputable and the `hints` (choices found elsewhere, e.g. torch's min-cut
+    partitions, so the programme starts from them and only improves); with method "greedy",
+    that best one alone. `solver.objective` is the peak in bytes."""
     params = params or Params()
     t0 = time.perf_counter()
     terms = _Terms(problem, params)
     zero = RematProblem(problem.name, problem.values, problem.base, problem.step_s, problem.n_forward, 0)
-    best = min((_greedy(zero, terms), _recompute_all(problem, params)), key=lambda c: terms.peak(c)[0])
+    allowed = [h for h in hints if all(terms.allowed(problem.by_name[v], c) for v, c in h.items())]
+    best = min((_greedy(zero, terms), _recompute_all(problem, params), *allowed), key=lambda c: terms.peak(c)[0])
     info = SolverInfo("remat-minpeak-greedy", "heuristic", terms.peak(best)[0], None, None, 0.0)
     if params.method == "milp":
         found, milp = _exact(problem, terms, params, hint=best, minimise_peak=True)
