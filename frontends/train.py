@@ -429,6 +429,13 @@ class _Plans:
                 info = SolverInfo(f"torch-min-cut@{ratio}", "heuristic", None, None, None, 0.0)
                 candidates.append((replay_peak(fw, bw), remat.Decision(choice, {}, modelled, added, info),
                                    f"torch min-cut partition, activation_memory_budget {ratio}"))
+        choice = self._checkpoint_choice(problem) if self.params.recompute else None
+        if choice is not None:
+            fw, bw, _ = self.timeline.split(choice, {})
+            modelled, added = remat.evaluate(problem, choice, self.params)
+            info = SolverInfo("block-checkpoint", "heuristic", None, None, None, 0.0)
+            candidates.append((replay_peak(fw, bw), remat.Decision(choice, {}, modelled, added, info),
+                               "every repeated block's outputs kept, the rest recomputed (full checkpointing)"))
         if programme is None:
             left = max(1.0, deadline - time.perf_counter())
             programme = remat.min_peak(problem, dataclasses.replace(self.params, time_limit=left),
@@ -436,12 +443,40 @@ class _Plans:
         fw, bw, _ = self.timeline.split(programme.choice, programme.prefetch)
         candidates.append((replay_peak(fw, bw), programme, f"programme, {programme.solver.name} "
                            f"{programme.solver.status}"))
+        log.info("planner train: least-peak candidates %s", [(p, s) for p, _, s in candidates])
         peak, decision, source = min(candidates, key=lambda c: c[0])
         best = _Least(decision, peak, source, None)
         best.op = self.timeline.steps[min(remat.peak_step(problem, best.decision.choice, self.params),
                                           len(self.timeline.steps) - 1)].name
         _LEAST[key] = best
         return best
+
+    def _checkpoint_choice(self, problem: Any) -> dict[str, str] | None:
+        """Full activation checkpointing as a choice: in every instance of a numbered module
+        (`h.0`, `layer1.2`, ... in `nn_module_stack`), keep the values read outside it (its
+        outputs) and recompute the others; keep what lies outside such blocks. None when the
+        graph has no numbered blocks. Its backward recomputes each block where its gradients
+        start, as torch.utils.checkpoint does, and it is sometimes below the programme's
+        least (whose model holds a recomputation's inputs to their last possible need)."""
+        from planner.solvers import remat
+
+        tl = self.timeline
+        block: dict[str, str | None] = {}
+        for n in tl.fwd:  # calls without a module stack (views, decompositions) follow their first input
+            block[n.name] = _block_of(n) if n.meta.get("nn_module_stack") else next(
+                (block[a.name] for a in n.all_input_nodes if a.name in block), None)
+        if not any(block.values()):
+            return None
+        by_name = {n.name: n for n in tl.fwd}
+        choice = {}
+        for v in problem.values:
+            b = block.get(v.name)
+            n = by_name[v.name] if b else None
+            readers = {tl.steps[r].name for k in (tl.keys[n] if n is not None else []) for r in tl.readers[k]
+                       if r < tl.n_forward}
+            inner = b is not None and all(block.get(r) == b for r in readers)
+            choice[v.name] = remat.RECOMPUTE if inner and v.recomputable else remat.KEEP
+        return choice
 
     def _torch_choice(self, ratio: float) -> dict[str, str] | None:
         """The values torch's min-cut partition saves at `activation_memory_budget` = ratio, as
@@ -478,6 +513,15 @@ class _Plans:
 
 # -- 1. the timeline and the problem ----------------------------------------------------------
 
+def _block_of(n: fx.Node) -> str | None:
+    """The instance of a numbered module (`...h.0`, `...layer1.2`) a node belongs to, from its
+    `nn_module_stack` (the first number on the path); None outside such modules."""
+    stack = n.meta.get("nn_module_stack")
+    path = list(stack.values())[-1][0] if stack else ""
+    m = re.search(r"\.(\d+)(?=\.|$)", path)
+    return path[:m.end()] if m else None
+
+
 def _tensors(val: Any) -> list[torch.Tensor]:
     if isinstance(val, torch.Tensor):
         return [val]
@@ -491,7 +535,16 @@ def _key(t: torch.Tensor) -> StorageWeakRef:
 
 
 def _is_random(n: fx.Node) -> bool:
-    return isinstance(n.target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in n.target.tags
+    """Draws from the RNG: tagged nondeterministic_seeded, unless a `dropout_p` argument is 0
+    (attention without dropout, e.g. GPT-2 at dropout 0, is deterministic and may be
+    recomputed, as torch.utils.checkpoint recomputes it)."""
+    if not (isinstance(n.target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in n.target.tags):
+        return False
+    for i, arg in enumerate(n.target._schema.arguments):
+        if arg.name == "dropout_p":
+            p = n.args[i] if i < len(n.args) else n.kwargs.get("dropout_p", arg.default_value)
+            return not (isinstance(p, (int, float)) and p == 0)
+    return True
 
 
 def _is_mutating(n: fx.Node) -> bool:
