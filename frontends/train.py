@@ -7,32 +7,41 @@ aot_autograd traces the joint forward+backward graph and calls our `partition_fn
 (CONVENTIONS: save/recompute/offload decisions belong there). The partition function
 
 1. lays the joint graph out on one timeline (the forward ops, then the backward ops, in the
-   joint graph's order), sizes every storage from the FakeTensor values, and builds the
-   neutral `solvers.remat.RematProblem` (`_analyse`);
-2. solves it (`solvers.remat.solve`: a 0-1 programme with a greedy warm start; values of
-   repeated blocks, found from `nn_module_stack` (`h.0`, `h.1`, ...), share a group, so one
-   block is solved first and applied to all as the warm start); below the least modelled peak,
-   the least-peak choice (`solvers.remat.min_peak`) is replayed, and its replayed peak is the
-   smallest budget reported;
+   joint graph's order), sizes every storage from the FakeTensor values, measures every
+   distinct call's kernel workspace on the device (`train_memory.annotate_workspaces`: oneDNN
+   convolutions, for one, hold a second output-sized buffer), and builds the neutral
+   `solvers.remat.RematProblem` with those transients in its per-step base (`_Timeline`);
+2. resolves a named budget (M_R / M_H / M_P, see `compile_train`) and solves
+   (`solvers.remat.solve`: a 0-1 programme with a greedy warm start; values of repeated
+   blocks, found from `nn_module_stack` (`h.0`, `h.1`, ...), share a group, so one block is
+   solved first and applied to all as the warm start), all solves within `time_limit`;
 3. splits the joint graph with torch's `_extract_fwd_bwd_modules`, saving exactly the kept and
    offloaded values (and the inputs the backward reads), so the backward recomputes the rest,
    and reorders the backward with `reordering_to_mimic_autograd_engine`, which runs each
-   recomputation just before its first reader (`_split`);
-4. inserts the offload copies: on CUDA torch's own `ao.offload` / `ao.reload` /
+   recomputation just before its first reader (`split`);
+4. on CUDA inserts the offload copies, torch's own `ao.offload` / `ao.reload` /
    `ao.wait_tensor` ops (one side stream, pinned host buffers; the reload is issued at the
-   prefetch step the solver chose and waited on before the first reader); on CPU, where host
-   and device are one memory, `planner::host_copy`, a real copy, so the data path is still
-   exercised (`_offload`);
+   prefetch step the solver chose and waited on before the first reader). On CPU host and
+   device are one memory, a host copy saves nothing, and offload is never chosen (`_offload`);
 5. replays the two graphs it returns (`replay_peak`: storages allocated at their producer,
-   freed after their last reader, saved ones carried from the forward into the backward) and,
-   if the replayed peak exceeds the budget, tightens the modelled budget by the excess and
-   solves again.
+   freed after their last reader, saved ones carried from the forward into the backward,
+   each call's workspace while it runs) and, if the replayed peak exceeds the budget,
+   tightens the modelled budget by the excess and solves again;
+6. below what the programme reaches, uses the graph's least-peak plan (`_Plans.least`): the
+   best replayed of the programme's least-peak solve, torch's min-cut partitions and block
+   checkpointing, cached per graph, so the minimum an Infeasible error names is reached when
+   asked for.
 
 The budget covers every byte the compiled forward and backward allocate: activations, the
-values held for the backward, recomputed values and the gradients; not parameters, inputs or
-the incoming gradient of the loss. It applies per captured graph (use `fullgraph=True`).
-Random ops (dropout's mask) are never recomputed: their outputs are kept or offloaded; we do
-not replay RNG state (aot_autograd's functionalized RNG is left off).
+values held for the backward, recomputed values, kernels' scratch and the gradients; not
+parameters, inputs or the incoming gradient of the loss. It applies per captured graph (use
+`fullgraph=True`) and per static shape: a graph dynamo captures with dynamic shapes (a new
+batch size) is planned again for each shape it runs with, under the same budget (`Compiled`).
+The replay agrees with the allocator's events of the step when the graphs run as they are
+(`compiler="eager"`, whose boxed runner frees each saved value after its last reader);
+Inductor's fused kernels allocate less. Random ops (dropout's mask, attention with dropout)
+are never recomputed: their outputs are kept or offloaded; we do not replay RNG state
+(aot_autograd's functionalized RNG is left off).
 """
 from __future__ import annotations
 
@@ -67,17 +76,6 @@ _WORKSPACES: dict[tuple, Bytes] = {}  # calibrated kernel workspaces by call sig
 _TIGHTEN_ROUNDS = 4
 
 
-@torch.library.custom_op("planner::host_copy", mutates_args=())
-def host_copy(x: torch.Tensor) -> torch.Tensor:
-    """The offload and the reload where host and device memory are one (CPU): a real copy."""
-    return x.clone()
-
-
-@host_copy.register_fake
-def _(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
 NAMES = ("M_R", "M_H", "M_P")  # named budgets (see compile_train)
 
 
@@ -92,7 +90,7 @@ def budget_name(budget: Any) -> str | None:
 class TrainOptions:
     memory_budget: Bytes | str = "M_P"  # bytes, or "M_R" / "M_H" / "M_P" (see compile_train)
     solver: str = "milp"  # "milp" (exact on the model, greedy warm start) or "greedy"
-    time_limit: float = 12.0  # seconds for planning one graph, all solves together (a deadline, not a cap on overhead)
+    time_limit: float = 10.0  # seconds for the solves of one graph together (calibration and splits come on top)
     compiler: str = "inductor"  # "inductor", or "eager" (the fx graphs run as they are)
     strict: bool = False  # raise instead of warning and falling back when a graph cannot be planned
     target: str = "gpu-fp32"  # roofline (flops/s, host copy bytes/s) for the added-time objective
@@ -126,7 +124,7 @@ class TrainOptions:
             raise BadInput(f"solver must be 'milp', 'greedy' or 'auto', not {opts['solver']!r}")
         if opts.get("compiler", "inductor") not in ("inductor", "eager"):
             raise BadInput(f"compiler must be 'inductor' or 'eager', not {opts['compiler']!r}")
-        limit = opts.get("time_limit", 12.0)
+        limit = opts.get("time_limit", 10.0)
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < float("inf"):
             raise BadInput(f"time_limit={limit!r} must be a positive number of seconds")
         get_target(opts.get("target", "gpu-fp32"))
@@ -315,12 +313,12 @@ def _partition(joint: fx.GraphModule, joint_inputs: Any, *, opts: TrainOptions, 
         return P.min_cut_rematerialization_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kwargs)
     from planner.solvers import remat
 
-    deadline = t0 + opts.time_limit
     params = remat.Params(time_limit=opts.time_limit, method=opts.solver, recompute=opts.recompute,
                           offload=opts.offload and timeline.device != "cpu")  # on CPU a host copy saves nothing
     plans = _Plans(timeline, params, kwargs.get("static_lifetime_input_indices"))
     report.device = timeline.device
     report.keep_all_peak = plans.keep_all()[2]
+    deadline = time.perf_counter() + opts.time_limit  # the solves' time; the calibration above is not in it
     name = budget_name(opts.memory_budget)
     if name is not None:
         report.least_peak = None if name == "M_P" else plans.least(deadline).peak
@@ -805,14 +803,11 @@ def _offload(fw: fx.GraphModule, bw: fx.GraphModule, names: list[str], prefetch:
 
 
 def _copy_to_host(g: fx.Graph, node: fx.Node) -> fx.Node:
-    val = node.meta["val"]
-    if val.device.type == "cuda":
-        importlib.import_module("torch._functorch._activation_offloading.offload_ops")  # registers torch.ops.ao
-        start = g.call_function(torch.ops.ao.offload.default, (node,))
-        copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, node))
-        start.meta.update(val=val.to("cpu"), planner_host=True, planner_copy=True)
-    else:
-        copy = g.call_function(host_copy._opoverload, (node,))
+    val = node.meta["val"]  # on a CUDA device: offload is never chosen on CPU
+    importlib.import_module("torch._functorch._activation_offloading.offload_ops")  # registers torch.ops.ao
+    start = g.call_function(torch.ops.ao.offload.default, (node,))
+    copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, node))
+    start.meta.update(val=val.to("cpu"), planner_host=True, planner_copy=True)
     with _fake_mode(val):
         copy.meta.update(val=torch.empty_like(val, device="cpu"), planner_host=True, planner_copy=True)
     return copy
@@ -821,16 +816,12 @@ def _copy_to_host(g: fx.Graph, node: fx.Node) -> fx.Node:
 def _copy_to_device(g: fx.Graph, ph: fx.Node, at: fx.Node, first: fx.Node) -> fx.Node:
     """Issues the reload before `at` (the prefetch step) and, on CUDA, waits for it before `first`."""
     val = ph.meta["val"]
-    if val.device.type == "cuda":
-        importlib.import_module("torch._functorch._activation_offloading.offload_ops")
-        with g.inserting_before(at):
-            start = g.call_function(torch.ops.ao.reload.default, (ph, val.device, list(val.shape), list(val.stride())))
-        with g.inserting_before(first):
-            copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, ph))
-        start.meta.update(val=val, planner_copy=True)
-    else:
-        with g.inserting_before(at):
-            copy = g.call_function(host_copy._opoverload, (ph,))
+    importlib.import_module("torch._functorch._activation_offloading.offload_ops")
+    with g.inserting_before(at):
+        start = g.call_function(torch.ops.ao.reload.default, (ph, val.device, list(val.shape), list(val.stride())))
+    with g.inserting_before(first):
+        copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, ph))
+    start.meta.update(val=val, planner_copy=True)
     # the reload holds the storage the backward's views of it share; the host copy another one
     with _fake_mode(val):
         ph.meta["val"] = torch.empty_like(val, device="cpu")

@@ -130,13 +130,15 @@ def solve(problem: RematProblem, params: Params | None = None) -> Decision:
     best = greedy if terms.peak(greedy)[0] <= problem.budget else None
     info = SolverInfo("remat-greedy", "heuristic", terms.cost(greedy), None, None, 0.0)
     if params.method == "milp":
-        found, milp = _exact(problem, terms, params, hint=best)
+        left = dataclasses.replace(params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0)))
+        found, milp = _exact(problem, terms, left, hint=best)
         if found is not None:
             best, info = found, milp
         elif best is not None:
             info.bound = milp.bound
     if best is None:  # the programme proved no fit, or found none in its time: the least peak may fit
-        least = min_peak(problem, params)
+        least = min_peak(problem, dataclasses.replace(
+            params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0))))
         if least.peak <= problem.budget:
             info = SolverInfo(least.solver.name, "heuristic", terms.cost(least.choice), None, None,
                               time.perf_counter() - t0)
@@ -188,8 +190,9 @@ def min_peak(problem: RematProblem, params: Params | None = None,
     allowed = [h for h in hints if all(terms.allowed(problem.by_name[v], c) for v, c in h.items())]
     best = min((_greedy(zero, terms), _recompute_all(problem, params), *allowed), key=lambda c: terms.peak(c)[0])
     info = SolverInfo("remat-minpeak-greedy", "heuristic", terms.peak(best)[0], None, None, 0.0)
-    if params.method == "milp":
-        found, milp = _exact(problem, terms, params, hint=best, minimise_peak=True)
+    if params.method == "milp":  # the time limit counts from the call: the warm starts' time is spent
+        left = dataclasses.replace(params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0)))
+        found, milp = _exact(problem, terms, left, hint=best, minimise_peak=True)
         if found is not None and terms.peak(found)[0] <= terms.peak(best)[0]:
             best = found
         if found is not None:  # optimal: on the model with bytes rounded up to its unit
