@@ -328,22 +328,34 @@ def _partition(joint: fx.GraphModule, joint_inputs: Any, *, opts: TrainOptions, 
         budget = opts.memory_budget
     report.budget = budget
     found = None
-    if budget >= report.keep_all_peak:
+    if name == "M_R":  # the least-peak plan itself: nothing else reaches it
+        least = plans.least(deadline)
+        fw, bw, recomputed = timeline.split(least.decision.choice, least.decision.prefetch)
+        found = (fw, bw, least.peak, recomputed, least.decision)
+        report.solver, report.source = least.decision.solver, least.source
+    elif budget >= report.keep_all_peak:
         found = plans.keep_all()
         report.solver = SolverInfo("keep-all", "optimal", 0, 0, 0.0, 0.0)
         report.source, report.rounds = "planner", 0
-    modelled, tried = budget, []
+    # the model holds a recomputation's inputs to their last possible need, so it overestimates
+    # some choices: the programme gets the budget plus the least overestimate the candidates
+    # show (their modelled minus replayed peak); the replay decides, and tightens when over
+    over = [d.peak - p for p, d, _ in plans.candidates() if d.peak > p] if found is None else []
+    modelled, tried = budget + min(over, default=0), []
     for rounds in range(1, _TIGHTEN_ROUNDS + 1):
         if found is not None or time.perf_counter() > deadline:
             break
         try:
             left = max(1.0, (deadline - time.perf_counter()) / 2)  # the rest: the least-peak fallback
-            decision = remat.solve(timeline.problem(modelled), dataclasses.replace(params, time_limit=left))
+            decision = remat.solve(timeline.problem(modelled), dataclasses.replace(params, time_limit=left),
+                                   hints=[d.choice for _, d, _ in plans.candidates()])
         except Infeasible as e:
             plans.least(deadline, programme=getattr(e, "least", None))
             break
         fw, bw, recomputed = timeline.split(decision.choice, decision.prefetch)
         peak = replay_peak(fw, bw)
+        log.info("planner train: round %d, modelled budget %d: modelled %d, replayed %d (%s %s)", rounds, modelled,
+                 decision.peak, peak, decision.solver.name, decision.solver.status)
         tried.append(peak)
         report.rounds = rounds
         if peak <= budget:
@@ -351,16 +363,20 @@ def _partition(joint: fx.GraphModule, joint_inputs: Any, *, opts: TrainOptions, 
             report.solver, report.source = decision.solver, "planner"
             break
         modelled -= peak - budget
-    if found is None:  # the least-peak plan (cached per graph), when it fits
-        least = plans.least(deadline)
-        report.least_peak = least.peak
-        if least.peak > budget:
-            raise Infeasible(f"no plan fits {budget:,} B; the least peak planner reaches is {least.peak:,} B "
-                             f"(replayed; {least.source}); ask for at least that", op=least.op,
-                             minimum=least.peak)
-        fw, bw, recomputed = timeline.split(least.decision.choice, least.decision.prefetch)
-        found = (fw, bw, least.peak, recomputed, least.decision)
-        report.solver, report.source = least.decision.solver, least.source
+    if found is None:  # the cheapest plan found elsewhere that fits, else the least-peak plan (cached per graph)
+        fitting = [(d.added_s, p, d, s) for p, d, s in plans.candidates() if p <= budget]
+        if not fitting:
+            least = plans.least(deadline)
+            report.least_peak = least.peak
+            if least.peak > budget:
+                raise Infeasible(f"no plan fits {budget:,} B; the least peak planner reaches is {least.peak:,} B "
+                                 f"(replayed; {least.source}); ask for at least that", op=least.op,
+                                 minimum=least.peak)
+            fitting = [(least.decision.added_s, least.peak, least.decision, least.source)]
+        _, peak, decision, source = min(fitting, key=lambda c: c[0])
+        fw, bw, recomputed = timeline.split(decision.choice, decision.prefetch)
+        found = (fw, bw, peak, recomputed, decision)
+        report.solver, report.source = decision.solver, source
     fw, bw, peak, recomputed, decision = found
     report.choice, report.recomputed = decision.choice, recomputed
     report.offloaded = [n for n, c in decision.choice.items() if c == remat.OFFLOAD]
@@ -383,6 +399,7 @@ class _Least:
 
 
 _LEAST: dict[tuple, _Least] = {}  # graph fingerprint and options -> least-peak plan (per process)
+_CANDIDATES: dict[tuple, list] = {}  # graph fingerprint and options -> _Plans.candidates() (per process)
 
 
 class _Plans:
@@ -407,10 +424,9 @@ class _Plans:
         return self._keep_all
 
     def least(self, deadline: float, programme: Any = None) -> _Least:
-        """The least replayed peak among the programme's least-peak solve and torch's min-cut
-        partitions (activation_memory_budget 0 and 1, its dp solver), each replayed by our split:
-        the model's approximations (a value held to its last possible need) cost a few percent
-        that torch's cuts sometimes avoid. `programme`: the least-peak decision a failed solve
+        """The least replayed peak among the programme's least-peak solve (warm-started from
+        them) and `candidates()`: the model's approximations (a value held to its last possible
+        need) cost a few percent that torch's cuts or block checkpointing sometimes avoid. `programme`: the least-peak decision a failed solve
         already found (the same programme), so it is not solved twice."""
         from planner.solvers import remat
 
@@ -418,22 +434,7 @@ class _Plans:
         if key in _LEAST:
             return _LEAST[key]
         problem = self.timeline.problem(0)
-        candidates = []  # (replayed peak, decision, source)
-        for ratio in (0.0, 1.0) if self.params.recompute else ():
-            choice = self._torch_choice(ratio)
-            if choice is not None:
-                fw, bw, _ = self.timeline.split(choice, {})
-                modelled, added = remat.evaluate(problem, choice, self.params)
-                info = SolverInfo(f"torch-min-cut@{ratio}", "heuristic", None, None, None, 0.0)
-                candidates.append((replay_peak(fw, bw), remat.Decision(choice, {}, modelled, added, info),
-                                   f"torch min-cut partition, activation_memory_budget {ratio}"))
-        choice = self._checkpoint_choice(problem) if self.params.recompute else None
-        if choice is not None:
-            fw, bw, _ = self.timeline.split(choice, {})
-            modelled, added = remat.evaluate(problem, choice, self.params)
-            info = SolverInfo("block-checkpoint", "heuristic", None, None, None, 0.0)
-            candidates.append((replay_peak(fw, bw), remat.Decision(choice, {}, modelled, added, info),
-                               "every repeated block's outputs kept, the rest recomputed (full checkpointing)"))
+        candidates = list(self.candidates())
         if programme is None:
             left = max(1.0, deadline - time.perf_counter())
             programme = remat.min_peak(problem, dataclasses.replace(self.params, time_limit=left),
@@ -448,6 +449,33 @@ class _Plans:
                                           len(self.timeline.steps) - 1)].name
         _LEAST[key] = best
         return best
+
+    def candidates(self) -> list[tuple[Bytes, Any, str]]:
+        """(replayed peak, decision, source) of the plans found without our programme: torch's
+        min-cut partitions at activation_memory_budget 0 and 1 (its dp solver) and block
+        checkpointing, each as our choice, split and replayed by us; cached per graph. They
+        warm-start the programme and are candidates for the least peak."""
+        from planner.solvers import remat
+
+        key = (self.timeline.fingerprint(), self.params.offload, self.params.recompute)
+        if key in _CANDIDATES:
+            return _CANDIDATES[key]
+        problem = self.timeline.problem(0)
+        found = []
+        choices = [(self._torch_choice(r), f"torch min-cut partition, activation_memory_budget {r}",
+                    f"torch-min-cut@{r}") for r in ((0.0, 1.0) if self.params.recompute else ())]
+        if self.params.recompute:
+            choices.append((self._checkpoint_choice(problem), "every repeated block's outputs kept, the rest "
+                            "recomputed (full checkpointing)", "block-checkpoint"))
+        for choice, source, name in choices:
+            if choice is None:
+                continue
+            fw, bw, _ = self.timeline.split(choice, {})
+            modelled, added = remat.evaluate(problem, choice, self.params)
+            info = SolverInfo(name, "heuristic", None, None, None, 0.0)
+            found.append((replay_peak(fw, bw), remat.Decision(choice, {}, modelled, added, info), source))
+        _CANDIDATES[key] = found
+        return found
 
     def _checkpoint_choice(self, problem: Any) -> dict[str, str] | None:
         """Full activation checkpointing as a choice: in every instance of a numbered module

@@ -115,20 +115,27 @@ class Decision:
     solver: SolverInfo
 
 
-def solve(problem: RematProblem, params: Params | None = None) -> Decision:
-    """The cheapest choice whose modelled peak fits `problem.budget`.
+def solve(problem: RematProblem, params: Params | None = None, hints: list[dict[str, str]] | tuple = (),
+          least: bool = True) -> Decision:
+    """The cheapest choice whose modelled peak fits `problem.budget`. `hints` (choices found
+    elsewhere: torch's min-cut partitions, block checkpointing) warm-start the programme when
+    they fit and the greedy does not, or cost less.
 
     Raises
     ------
     Infeasible : no choice fits; `minimum` is the least modelled peak, `least` its decision
-        (`min_peak`) and `op` the step at its peak.
+        (`min_peak`) and `op` the step at its peak; with `least` False the least-peak solve is
+        skipped (a caller that retries at another budget) and `minimum` is None.
     """
     params = params or Params()
     t0 = time.perf_counter()
     terms = _Terms(problem, params)
     greedy = _greedy(problem, terms)
-    best = greedy if terms.peak(greedy)[0] <= problem.budget else None
-    info = SolverInfo("remat-greedy", "heuristic", terms.cost(greedy), None, None, 0.0)
+    fits = [c for c in (greedy, *hints) if terms.peak(c)[0] <= problem.budget
+            and all(terms.allowed(problem.by_name[v], k) for v, k in c.items())]
+    best = min(fits, key=terms.cost) if fits else None
+    info = SolverInfo("remat-greedy" if best is greedy or best is None else "remat-hint", "heuristic",
+                      terms.cost(best or greedy), None, None, 0.0)
     if params.method == "milp":
         left = dataclasses.replace(params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0)))
         found, milp = _exact(problem, terms, left, hint=best)
@@ -136,6 +143,8 @@ def solve(problem: RematProblem, params: Params | None = None) -> Decision:
             best, info = found, milp
         elif best is not None:
             info.bound = milp.bound
+    if best is None and not least:
+        raise Infeasible(f"{problem.name}: no choice found within budget {problem.budget:,} B")
     if best is None:  # the programme proved no fit, or found none in its time: the least peak may fit
         least = min_peak(problem, dataclasses.replace(
             params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0))))

@@ -338,7 +338,7 @@ def test_infeasible_minimum_is_reached_when_asked(cnn):
     while not isinstance(err, Infeasible):
         err = getattr(err, "inner_exception", None) or err.__cause__
     loss, grads, report = run(model, image_loss, (x,), {"memory_budget": err.minimum, "compiler": "eager"})
-    assert report.replayed_peak <= err.minimum == report.least_peak
+    assert report.replayed_peak <= err.minimum
     assert_same((loss, grads), eager(model, image_loss, (x,)), atol=1e-4)
     with pytest.raises(Exception):
         run(model, image_loss, (x,), {"memory_budget": err.minimum - 1, "compiler": "eager"})
