@@ -362,7 +362,7 @@ def _partition(joint: fx.GraphModule, joint_inputs: Any, *, opts: TrainOptions, 
             found = (fw, bw, peak, recomputed, decision)
             report.solver, report.source = decision.solver, "planner"
             break
-        modelled -= peak - budget
+        modelled = min(modelled, decision.peak) - (peak - budget)  # strictly below the choice that missed
     if found is None:  # the cheapest plan found elsewhere that fits, else the least-peak plan (cached per graph)
         fitting = [(d.added_s, p, d, s) for p, d, s in plans.candidates() if p <= budget]
         if not fitting:
