@@ -225,9 +225,10 @@ def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, A
       the least peak with no spill traffic, for the graph's own order);
     - "M_R": the least peak planner reaches with recomputation, and offload where it saves
       device memory (never on CPU); below it no plan fits, as no plan fits below DESIGN's
-      M_R. It is the best of the 0-1 programme's least-peak solve and torch's min-cut
-      partitions (activation_memory_budget 0 and 1) replayed the same way, cached per graph,
-      so the minimum an Infeasible error names is reached when asked for;
+      M_R. It is the best replayed of the 0-1 programme's least-peak solve, torch's min-cut
+      partitions (activation_memory_budget 0 and 1) and block checkpointing (every repeated
+      block's outputs kept, the rest recomputed), cached per graph, so the minimum an
+      Infeasible error names is reached when asked for;
     - "M_H": (M_R + M_P) / 2.
 
     Parameters
