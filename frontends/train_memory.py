@@ -18,9 +18,13 @@ the caching allocator's blocks as torch hands them out.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
-from typing import Any, Callable
+import os
+import sys
+import tempfile
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import fx
@@ -34,13 +38,38 @@ WORKSPACE = "planner_workspace"  # node.meta key: transient bytes the call holds
 _PREFIX = "planner_ws:"
 
 
+@contextlib.contextmanager
+def _profiling_quietly() -> Iterator[None]:
+    """Drops the `USDT: ... profiler_start/stop` lines this torch build's Kineto writes to the
+    process's stderr at every profiler start and stop (once per compiled graph would be noise);
+    any other output is passed through when the block ends."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            rest = [line for line in tmp.read().splitlines(keepends=True) if not line.startswith(b"USDT:")]
+            if rest:
+                os.write(2, b"".join(rest))
+
+
 def measured_peak(fn: Callable[[], Any]) -> Bytes:
     """Peak bytes allocated (and not yet freed) while `fn()` runs, counted from the allocator's
     events: what a user's allocation trace shows for the step, scratch buffers included."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities, profile_memory=True) as prof:
+    with _profiling_quietly(), profile(activities=activities, profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
@@ -105,7 +134,7 @@ def annotate_workspaces(gm: fx.GraphModule, cache: dict[tuple, Bytes] | None = N
         devices = sorted({t.device.index or 0 for n in todo.values() for t in _vals(n) if t.device.type == "cuda"})
         sigs = list(todo)
         with unset_fake_temporarily(), torch.no_grad(), torch.random.fork_rng(devices=devices), \
-                profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                _profiling_quietly(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             for k, (s, n) in enumerate(todo.items()):
                 args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: _real(a.meta.get("val")))
                 try:
