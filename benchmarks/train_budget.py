@@ -326,7 +326,8 @@ def plot(out: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(out), figsize=(5 * len(out), 4), squeeze=False)
     for ax, (name, res) in zip(axes[0], out.items()):
         for label, rows, mark in (("planner (byte budget)", res["planner"], "o-"),
-                                  ("torch activation_memory_budget (dp)", res["torch_activation_memory_budget"], "s--")):
+                                  ("torch activation_memory_budget (dp)", res["torch_activation_memory_budget"],
+                                   "s--")):
             rows = sorted((r for r in rows if "measured" in r), key=lambda r: r["measured"])
             ax.plot([r["measured"] / 2**20 for r in rows], [r["step_s"] * 1e3 for r in rows], mark, label=label)
         for r in res["eager"]:

@@ -427,8 +427,9 @@ class _Plans:
     def least(self, deadline: float, programme: Any = None) -> _Least:
         """The least replayed peak among the programme's least-peak solve (warm-started from
         them) and `candidates()`: the model's approximations (a value held to its last possible
-        need) cost a few percent that torch's cuts or block checkpointing sometimes avoid. `programme`: the least-peak decision a failed solve
-        already found (the same programme), so it is not solved twice."""
+        need) cost a few percent that torch's cuts or block checkpointing sometimes avoid.
+        `programme`: the least-peak decision a failed solve already found (the same programme),
+        so it is not solved twice."""
         from planner.solvers import remat
 
         key = (self.timeline.fingerprint(), self.params.offload, self.params.recompute, self.params.method)

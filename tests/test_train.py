@@ -349,7 +349,8 @@ def test_new_batch_size_keeps_the_budget(cnn):
     for each static shape under the same byte budget (never torch's partition in silence), and
     the gradients equal eager at each."""
     model, _ = cnn
-    budget = run(model, image_loss, (torch.randn(8, 3, 32, 32),), {"memory_budget": "M_H", "compiler": "eager"})[2].budget
+    x8 = torch.randn(8, 3, 32, 32)
+    budget = run(model, image_loss, (x8,), {"memory_budget": "M_H", "compiler": "eager"})[2].budget
     compiled = []
 
     def backend(gm, example_inputs):
