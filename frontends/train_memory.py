@@ -12,9 +12,9 @@ and its workspace is the most bytes it held above what it returned (`annotate_wo
 The replay and the 0-1 programme add that transient at its step.
 
 `measured_peak` is the yardstick for all of this: the peak of the allocator's own allocation and
-free events (torch.profiler with `profile_memory`) over a callable, relative to its start; on
-CPU it sees every allocation of the default CPU allocator (kernels' scratch included), on CUDA
-the caching allocator's blocks as torch hands them out.
+free events on one device (torch.profiler with `profile_memory`) over a callable, relative to its
+start; on CPU it sees every allocation of the default CPU allocator (kernels' scratch
+included), on CUDA the caching allocator's blocks as torch hands them out.
 """
 from __future__ import annotations
 
@@ -63,16 +63,19 @@ def _profiling_quietly() -> Iterator[None]:
                 os.write(2, b"".join(rest))
 
 
-def measured_peak(fn: Callable[[], Any]) -> Bytes:
-    """Peak bytes allocated (and not yet freed) while `fn()` runs, counted from the allocator's
-    events: what a user's allocation trace shows for the step, scratch buffers included."""
+def measured_peak(fn: Callable[[], Any], device: str = "cpu") -> Bytes:
+    """Peak bytes allocated on `device` ("cpu" or "cuda", all its indices) and not yet freed
+    while `fn()` runs, counted from the allocator's events: what a user's allocation trace
+    shows for the step, scratch buffers included. The device matters: on CUDA a step also
+    allocates host memory (pinned offload buffers, CPU scalars), which is not device memory."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    kind = torch.device(device).type
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kind == "cuda" else [])
     with _profiling_quietly(), profile(activities=activities, profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+                    if e.name() == "[memory]" and str(e.device_type()).split(".")[-1].lower() == kind)
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -132,20 +135,25 @@ def annotate_workspaces(gm: fx.GraphModule, cache: dict[tuple, Bytes] | None = N
             todo.setdefault(s, n)
     if todo:
         devices = sorted({t.device.index or 0 for n in todo.values() for t in _vals(n) if t.device.type == "cuda"})
-        sigs = list(todo)
+        sigs, failed = list(todo), set()
+        kind = "cuda" if devices else "cpu"  # the graph's device: its scratch is what counts
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if devices else [])
         with unset_fake_temporarily(), torch.no_grad(), torch.random.fork_rng(devices=devices), \
-                _profiling_quietly(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                _profiling_quietly(), profile(activities=activities, profile_memory=True) as prof:
             for k, (s, n) in enumerate(todo.items()):
                 args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: _real(a.meta.get("val")))
                 try:
                     with record_function(f"{_PREFIX}{k}"):
                         out = n.target(*args, **kwargs)
-                except Exception as e:  # a call that cannot run alone: no workspace known, said once
+                except Exception as e:  # a call that cannot run alone on zeros: no workspace known
                     log.debug("planner: workspace of %s not measured (%s)", n.target, e)
-                    cache[s] = 0
+                    failed.add(s)
                     continue
                 del out, args, kwargs
-        cache.update(_workspaces(prof, sigs))
+            if devices:
+                torch.cuda.synchronize()
+        cache.update(_workspaces(prof, sigs, kind))
+        cache.update({s: 0 for s in failed})
     for n in gm.graph.nodes:
         s = _signature(n) if n.op == "call_function" else None
         if s is not None:
@@ -157,13 +165,14 @@ def _vals(n: fx.Node) -> list[torch.Tensor]:
     return [a.meta["val"] for a in n.all_input_nodes if isinstance(a.meta.get("val"), torch.Tensor)]
 
 
-def _workspaces(prof: Any, sigs: list[tuple]) -> dict[tuple, Bytes]:
-    """Per calibrated call: the most bytes live inside its range above the bytes live at its
-    end (its outputs, freed only after the range closes)."""
+def _workspaces(prof: Any, sigs: list[tuple], kind: str) -> dict[tuple, Bytes]:
+    """Per calibrated call: the most bytes live on the device (`kind`) inside its range above
+    the bytes live at its end (its outputs, freed only after the range closes)."""
     events = prof.profiler.kineto_results.events()
     ranges = sorted((e.start_ns(), e.end_ns(), int(e.name()[len(_PREFIX):])) for e in events
                     if e.name().startswith(_PREFIX))
-    memory = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    memory = sorted((e.start_ns(), e.nbytes()) for e in events
+                    if e.name() == "[memory]" and str(e.device_type()).split(".")[-1].lower() == kind)
     found: dict[tuple, Bytes] = {}
     i = 0
     for start, end, k in ranges:
