@@ -445,7 +445,7 @@ class _Plans:
         candidates.append((replay_peak(fw, bw), programme, f"programme, {programme.solver.name} "
                            f"{programme.solver.status}"))
         log.info("planner train: least-peak candidates %s", [(p, s) for p, _, s in candidates])
-        peak, decision, source = min(candidates, key=lambda c: c[0])
+        peak, decision, source = min(candidates, key=lambda c: (c[0], c[1].added_s))  # ties: the cheaper
         best = _Least(decision, peak, source, None)
         best.op = self.timeline.steps[min(remat.peak_step(problem, best.decision.choice, self.params),
                                           len(self.timeline.steps) - 1)].name
