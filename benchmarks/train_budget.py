@@ -292,9 +292,10 @@ def table(out: dict[str, Any]) -> str:
                   "recomputed / offloaded | planning s |",
                   "|---|---|---:|---:|---:|---:|---:|---|---:|"]
         for r in res["planner"]:
+            gap = f", gap {r['gap']:.2f}" if r.get("gap") else ""
             lines.append(f"| planner | {r['asked']} | {r['budget'] / 1e6:.2f} | {r['planned'] / 1e6:.2f} | "
                          f"{r['measured'] / 1e6:.2f} | {r['measured_over_budget']:.3f} | {r['step_s'] * 1e3:.0f} | "
-                         f"{r['recomputed']} / {r['offloaded']} ({r['status']}) | {r['planning_s']:.1f} |")
+                         f"{r['recomputed']} / {r['offloaded']} ({r['status']}{gap}) | {r['planning_s']:.1f} |")
         for r in res["torch_activation_memory_budget"]:
             if "error" in r:
                 lines.append(f"| torch dp | activation_memory_budget {r['ratio']:.2f} | | failed | | | | "
