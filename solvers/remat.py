@@ -115,8 +115,7 @@ class Decision:
     solver: SolverInfo
 
 
-def solve(problem: RematProblem, params: Params | None = None, hints: list[dict[str, str]] | tuple = (),
-          least: bool = True) -> Decision:
+def solve(problem: RematProblem, params: Params | None = None, hints: list[dict[str, str]] | tuple = ()) -> Decision:
     """The cheapest choice whose modelled peak fits `problem.budget`. `hints` (choices found
     elsewhere: torch's min-cut partitions, block checkpointing) warm-start the programme when
     they fit and the greedy does not, or cost less.
@@ -124,8 +123,7 @@ def solve(problem: RematProblem, params: Params | None = None, hints: list[dict[
     Raises
     ------
     Infeasible : no choice fits; `minimum` is the least modelled peak, `least` its decision
-        (`min_peak`) and `op` the step at its peak; with `least` False the least-peak solve is
-        skipped (a caller that retries at another budget) and `minimum` is None.
+        (`min_peak`) and `op` the step at its peak.
     """
     params = params or Params()
     t0 = time.perf_counter()
@@ -143,8 +141,6 @@ def solve(problem: RematProblem, params: Params | None = None, hints: list[dict[
             best, info = found, milp
         elif best is not None:
             info.bound = milp.bound
-    if best is None and not least:
-        raise Infeasible(f"{problem.name}: no choice found within budget {problem.budget:,} B")
     if best is None:  # the programme proved no fit, or found none in its time: the least peak may fit
         least = min_peak(problem, dataclasses.replace(
             params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0))))
