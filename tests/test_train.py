@@ -370,3 +370,13 @@ def test_new_batch_size_keeps_the_budget(cnn):
         assert report.fallback is None and report.budget == budget and report.replayed_peak <= budget
         assert (batch, 3, 32, 32) in [s[0] for s in report.shape if isinstance(s, tuple)]
     assert len(compiled[-1].reports) == 2  # batch 8 was the static graph; 4 and 6 the dynamic one's shapes
+
+
+@pytest.mark.slow
+def test_measured_peak_within_5_percent_inductor(cnn):
+    """Through Inductor the fused kernels allocate less than the replayed fx graphs: the
+    measured peak stays within the budget (and 5%) there too."""
+    model, x = cnn
+    peak, report, got = measured(model, image_loss, (x,), {"memory_budget": "M_R", "compiler": "inductor"})
+    assert_same(got, eager(model, image_loss, (x,)), atol=1e-4)
+    assert report.replayed_peak <= report.budget and peak <= 1.05 * report.budget, (peak, report.budget)
