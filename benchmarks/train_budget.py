@@ -1,23 +1,28 @@
-"""Training under a byte budget: planner against torch's activation_memory_budget, side by side.
+"""Training under a byte budget: planner against torch's activation_memory_budget and full
+activation checkpointing, side by side, every peak measured from the allocator.
 
-    python benchmarks/train_budget.py [--models gpt2,resnet50,vit_b_16] [--steps 5]
+    python benchmarks/train_budget.py [--models gpt2,resnet50,vit_b_16] [--device cpu|cuda]
+                                      [--quick] [--steps 5] [--out results.json]
 
-For each model, one training step (loss, backward) run four ways; the compiled ones go through
-aot_autograd with the fx graphs run as they are (no Inductor, so they differ only in the partition):
-- planner: `frontends.train.compile_train` at budgets between its least peak and keeping all;
+For each model, one training step (forward, loss, backward; no optimizer) run several ways; the
+compiled ones go through aot_autograd with the fx graphs run as they are (no Inductor, so they
+differ only in the partition), through the same boxed runner (`frontends.train._compilers`):
+- planner: `frontends.train.compile_train` at the named budgets M_R (its least peak), M_H and
+  M_P (keep everything), and (without --quick) byte budgets between them;
 - torch: `min_cut_rematerialization_partition` with `activation_memory_budget` swept over
   [0, 1] (`activation_memory_budget_solver = "dp"`);
 - eager, and eager with full activation checkpointing (`torch.utils.checkpoint`, non-reentrant,
   on each block: GPT-2 and ViT layers, ResNet bottlenecks).
-Peak bytes of the compiled runs are the replay of the forward and backward graphs each
-partition returned (`frontends.train.replay_peak`, the same count for both); the eager runs'
-are the storages live between ops, tracked by a dispatch mode (`eager_peak`), which counts the
-same things (activations, saved and recomputed values, gradients; not parameters or inputs).
-This machine has no GPU: these are planned / tracked bytes, not `torch.cuda.max_memory_allocated`.
-Step time is the median CPU time of the process (one torch thread; the machine is shared, so wall
-time would measure the neighbours) over `--steps` turns after one warm-up, each turn running every
-configuration of the model once. The models are CPU-sized
-stand-ins (see `cases`). Results: benchmarks/results/train_budget.json, .png and .md.
+Measured peak: on CPU the allocator's own allocation and free events during the step
+(`frontends.train_memory.measured_peak`: torch.profiler with profile_memory, kernels' scratch
+included); on CUDA `torch.cuda.max_memory_allocated` above what was allocated before the
+step. Parameters and inputs exist before the step and are not counted; gradients are.
+"planned" is planner's replay of the graphs it returned (`frontends.train.replay_peak`, with
+the measured kernel workspaces). Step time is the median CPU time of the process on CPU (one
+torch thread; the machine is shared, so wall time would measure the neighbours), wall time
+after a synchronize on CUDA, over `--steps` turns after one warm-up, each turn running every
+configuration of the model once. The models are CPU-sized stand-ins (see `cases`). Results:
+--out (default benchmarks/results/train_budget.json) with .md and .png beside it.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from planner import models  # noqa: E402
-from benchmarks.common import RESULTS, write  # noqa: E402
+from benchmarks.common import RESULTS, machine  # noqa: E402
 from planner.frontends.train import compile_train, replay_peak  # noqa: E402
 from planner.models.gpt2 import gpt2  # noqa: E402
 
@@ -79,8 +84,23 @@ def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]  # ResNet
 
 
-def eager_point(model, loss, inputs, checkpoint: bool) -> tuple[dict[str, Any], Callable[[], None]]:
-    """Eager, optionally with torch.utils.checkpoint on every block: peak tracked bytes and the step."""
+def peak_of(run: Callable[[], None], model: torch.nn.Module, device: str) -> int:
+    """Measured peak bytes of one step above what exists before it (gradients cleared first)."""
+    from planner.frontends.train_memory import measured_peak
+
+    model.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    return measured_peak(run)
+
+
+def eager_point(model, loss, inputs, checkpoint: bool, device: str) -> tuple[dict[str, Any], Callable[[], None]]:
+    """Eager, optionally with torch.utils.checkpoint on every block: measured peak and the step."""
     import contextlib
     import functools
 
@@ -98,43 +118,10 @@ def eager_point(model, loss, inputs, checkpoint: bool) -> tuple[dict[str, Any], 
                 del b.forward  # back to the class's method
 
     def run() -> None:
-        model.zero_grad(set_to_none=True)
         with wrapped():
             loss(model, *inputs).backward()
     run()
-    model.zero_grad(set_to_none=True)
-    return {"checkpoint": checkpoint, "peak": eager_peak(run, model, inputs)}, run
-
-
-def eager_peak(run: Callable[[], None], model: torch.nn.Module, inputs: tuple) -> int:
-    """The most bytes of storages created by the step (not parameters or inputs) alive at once,
-    sampled after every op, forward and backward (a dispatch mode sees both)."""
-    from torch.multiprocessing.reductions import StorageWeakRef
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    before = {StorageWeakRef(t.untyped_storage()).cdata for t in (*model.parameters(), *model.buffers(), *inputs)}
-
-    class Track(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-            self.peak = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
-            out = func(*args, **(kwargs or {}))
-            for t in torch.utils._pytree.tree_leaves(out):
-                if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes():
-                    ref = StorageWeakRef(t.untyped_storage())
-                    old = self.live.get(ref.cdata)
-                    if ref.cdata not in before and (old is None or old[0].expired()):
-                        self.live[ref.cdata] = (ref, t.untyped_storage().nbytes())
-            self.peak = max(self.peak, sum(n for _, n in self.live.values()))
-            return out
-
-    with Track() as track:
-        run()
-    return track.peak
+    return {"checkpoint": checkpoint, "measured": peak_of(run, model, device)}, run
 
 
 def capture(model: torch.nn.Module, loss: Callable, inputs: tuple, backend: Callable) -> Callable[[], None]:
@@ -160,44 +147,55 @@ def capture(model: torch.nn.Module, loss: Callable, inputs: tuple, backend: Call
     fn, args, boxed = seen["fn"], seen["args"], seen["boxed"]
 
     def run() -> None:
-        model.zero_grad(set_to_none=True)
         out = fn(list(args)) if boxed else fn(*args)
         out[0].backward()
     return run
 
 
-def timed(runs: list[Callable[[], None]], steps: int) -> list[float]:
-    """Median CPU seconds of this process for each run over `steps` turns, the runs interleaved in
-    each turn, after one warm-up (the machine is shared: wall time there measures the neighbours)."""
+def timed(runs: list[Callable[[], None]], model: torch.nn.Module, steps: int, device: str) -> list[float]:
+    """Median seconds of each run over `steps` turns, the runs interleaved in each turn, after
+    one warm-up: CPU time of this process on CPU (the machine is shared: wall time there
+    measures the neighbours), wall time after a synchronize on CUDA."""
+    clock = time.perf_counter if device == "cuda" else time.process_time
     times: list[list[float]] = [[] for _ in runs]
     for turn in range(steps + 1):
         for run, ts in zip(runs, times):
-            t0 = time.process_time()
+            model.zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = clock()
             run()
+            if device == "cuda":
+                torch.cuda.synchronize()
             if turn:
-                ts.append(time.process_time() - t0)
+                ts.append(clock() - t0)
     return [statistics.median(ts) for ts in times]
 
 
-def planner_point(model, loss, inputs, budget: int) -> tuple[dict[str, Any], Callable[[], None]]:
+def planner_point(model, loss, inputs, budget: int | str, device: str) -> tuple[dict[str, Any], Callable[[], None]]:
     reports = []
 
     def backend(gm, example_inputs):
-        c = compile_train(gm, example_inputs, {"memory_budget": budget, "compiler": "eager", "time_limit": 30})
+        c = compile_train(gm, example_inputs, {"memory_budget": budget, "compiler": "eager"})
         reports.append(c.report)
         return c
     run = capture(model, loss, inputs, backend)
     r = reports[0]
-    return {"budget": budget, "peak": r.replayed_peak, "modelled_peak": r.modelled_peak,
-            "recomputed": len(r.recomputed), "offloaded": len(r.offloaded), "solver": r.solver.name,
-            "status": r.solver.status, "gap": r.solver.gap, "planning_s": r.planning_s}, run
+    measured = peak_of(run, model, device)
+    return {"asked": budget, "budget": r.budget, "planned": r.replayed_peak, "measured": measured,
+            "measured_over_budget": measured / r.budget, "least_peak": r.least_peak,
+            "keep_all_peak": r.keep_all_peak, "source": r.source, "recomputed": len(r.recomputed),
+            "offloaded": len(r.offloaded), "solver": r.solver.name, "status": r.solver.status, "gap": r.solver.gap,
+            "planning_s": r.planning_s}, run
 
 
-def torch_point(model, loss, inputs, ratio: float) -> tuple[dict[str, Any], Callable[[], None]]:
-    from functorch.compile import make_boxed_func
+def torch_point(model, loss, inputs, ratio: float, device: str) -> tuple[dict[str, Any], Callable[[], None]]:
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch import config
     from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    from planner.frontends.train import _compilers
+    from planner.frontends.train_memory import annotate_workspaces
 
     peaks, planning = [], []
 
@@ -205,106 +203,123 @@ def torch_point(model, loss, inputs, ratio: float) -> tuple[dict[str, Any], Call
         t0 = time.perf_counter()
         fw, bw = min_cut_rematerialization_partition(joint, inputs_, **kw)
         planning.append(time.perf_counter() - t0)
+        annotate_workspaces(fw)  # the same replay as planner's, kernels' scratch included
+        annotate_workspaces(bw)
         peaks.append(replay_peak(fw, bw))
         return fw, bw
-    eager = lambda gm, _: make_boxed_func(gm.forward)  # noqa: E731
-    backend = aot_autograd(fw_compiler=eager, bw_compiler=eager, partition_fn=partition)
+    fw_compiler, bw_compiler = _compilers("eager")
+    backend = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler, partition_fn=partition)
     try:
         with config.patch(activation_memory_budget=ratio, activation_memory_budget_solver="dp"):
             run = capture(model, loss, inputs, backend)
     except RuntimeError as e:  # recorded, not hidden: torch's partition can fail on a graph
         return {"ratio": ratio, "error": str(e).splitlines()[0][:300]}, None
-    return {"ratio": ratio, "peak": peaks[0], "planning_s": planning[0]}, run
-
-
-def least_peak(model, loss, inputs) -> int:
-    from planner.errors import Infeasible
-
-    try:
-        planner_point(model, loss, inputs, 1)
-    except Exception as e:  # dynamo wraps the backend's error
-        err: BaseException | None = e
-        while err is not None and not isinstance(err, Infeasible):
-            err = getattr(err, "inner_exception", None) or err.__cause__
-        if err is not None:
-            return int(err.minimum)
-        raise
-    raise AssertionError("a 1-byte budget was met")
+    return {"ratio": ratio, "planned": peaks[0], "measured": peak_of(run, model, device),
+            "planning_s": planning[0]}, run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="gpt2,resnet50,vit_b_16")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--quick", action="store_true",
+                    help="named budgets only (M_R, M_H, M_P) and torch ratios 0, 0.5, 1")
     ap.add_argument("--steps", type=int, default=5, help="timed turns (each runs every configuration once)")
-    ap.add_argument("--points", type=int, default=5, help="planner budgets between least and full")
-    ap.add_argument("--merge", action="store_true", help="keep the other models' results already in the JSON")
+    ap.add_argument("--out", type=Path, default=RESULTS / "train_budget.json")
+    ap.add_argument("--merge", action="store_true", help="keep the other models' results already in --out")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
     torch.set_num_threads(1)
     out: dict[str, Any] = {}
-    if args.merge and (RESULTS / "train_budget.json").exists():
-        out = json.loads((RESULTS / "train_budget.json").read_text())["results"]
+    if args.merge and args.out.exists():
+        out = json.loads(args.out.read_text())["results"]
     for name in args.models.split(","):
-        out[name] = measure(name, args.steps, args.points)
-        path = write("train_budget", {"note": NOTE, "results": out})
-        plot(out)
-        (RESULTS / "train_budget.md").write_text(table(out))
-        print(f"wrote {path}")
+        out[name] = measure(name, args.steps, args.quick, args.device)
+        payload = {"note": NOTE.format(device=args.device), "device": args.device, "quick": args.quick,
+                   "results": out}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine(), **payload}, indent=1))
+        plot(out, args.out.with_suffix(".png"))
+        args.out.with_suffix(".md").write_text(table(out))
+        print(table({name: out[name]}))
+        print(f"wrote {args.out}")
 
 
-NOTE = ("CPU (no GPU for this task), one torch thread, step time = CPU seconds of the process; compiled peaks are "
-        "replayed planned bytes of the returned fx graphs, eager peaks are storages tracked by a dispatch mode; "
-        "fx graphs run eagerly; CPU-sized models (see benchmarks/train_budget.py cases)")
+NOTE = ("device {device}; one torch thread on CPU, step time = CPU seconds of the process there; measured peaks "
+        "from the allocator's events (CPU) or max_memory_allocated (CUDA), gradients included, parameters and "
+        "inputs not; planned = replay of the returned fx graphs with measured kernel workspaces; fx graphs run "
+        "eagerly; CPU-sized models (see benchmarks/train_budget.py cases)")
 
 
-def measure(name: str, steps: int, points: int) -> dict[str, Any]:
+def measure(name: str, steps: int, quick: bool, device: str) -> dict[str, Any]:
     """Every configuration of one model: peaks and planning first, then the steps timed in turns."""
     build, loss, make_inputs = cases()[name]
-    model, inputs = build(), make_inputs()
-    plain = [eager_point(model, loss, inputs, c) for c in (False, True)]
-    theirs = [torch_point(model, loss, inputs, r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    full = planner_point(model, loss, inputs, 2**40)
-    least = least_peak(model, loss, inputs)
-    budgets = [least + (full[0]["peak"] - least) * k // (points - 1) for k in range(points - 1)]
-    ours = [planner_point(model, loss, inputs, b) for b in budgets] + [full]
+    model = build().to(device)
+    inputs = tuple(t.to(device) for t in make_inputs())
+    plain = [eager_point(model, loss, inputs, c, device) for c in (False, True)]
+    ratios = (0.0, 0.5, 1.0) if quick else (0.0, 0.25, 0.5, 0.75, 1.0)
+    theirs = [torch_point(model, loss, inputs, r, device) for r in ratios]
+    ours = [planner_point(model, loss, inputs, b, device) for b in ("M_R", "M_H", "M_P")]
+    if not quick:
+        least, full = ours[0][0]["budget"], ours[2][0]["budget"]
+        ours += [planner_point(model, loss, inputs, least + (full - least) * k // 4, device) for k in (1, 3)]
     ran = [(row, run) for row, run in ours + theirs + plain if run is not None]
-    for (row, _), s in zip(ran, timed([run for _, run in ran], steps)):
+    for (row, _), s in zip(ran, timed([run for _, run in ran], model, steps, device)):
         row["step_s"] = s
     ours, theirs, plain = ([row for row, _ in rows] for rows in (ours, theirs, plain))
+    ours.sort(key=lambda r: r["budget"])
     for row in ours:
-        print(f"{name} planner budget {row['budget']:>12,} peak {row['peak']:>12,} step {row['step_s']*1e3:8.1f} ms"
+        print(f"{name} planner {row['asked']!s:>10} budget {row['budget']:>12,} planned {row['planned']:>12,} "
+              f"measured {row['measured']:>12,} ({row['measured_over_budget']:.3f}) step {row['step_s']*1e3:8.1f} ms"
               f" rec {row['recomputed']:3d} off {row['offloaded']:3d} {row['status']} plan {row['planning_s']:.2f} s")
     for row in theirs:
         print(f"{name} torch ratio {row['ratio']:.2f} " + (f"failed: {row['error']}" if "error" in row else
-              f"peak {row['peak']:>12,} step {row['step_s']*1e3:8.1f} ms plan {row['planning_s']:.2f} s"))
+              f"planned {row['planned']:>12,} measured {row['measured']:>12,} step {row['step_s']*1e3:8.1f} ms"))
     for row in plain:
-        print(f"{name} eager{' checkpointed' if row['checkpoint'] else ''} peak {row['peak']:>12,} "
+        print(f"{name} eager{' checkpointed' if row['checkpoint'] else ''} measured {row['measured']:>12,} "
               f"step {row['step_s']*1e3:8.1f} ms")
     return {"planner": ours, "torch_activation_memory_budget": theirs, "eager": plain}
 
 
 def table(out: dict[str, Any]) -> str:
-    """The results as a markdown table, one row per point."""
-    lines = ["| model | method | setting | peak MB | step ms | recomputed / offloaded | planning s |",
-             "|---|---|---|---:|---:|---|---:|"]
+    """The results as markdown: per model, planner's budgets (planned, measured, measured/budget),
+    then the least peaks side by side (planner's M_R, torch's sweep best, full checkpointing)."""
+    lines = []
     for name, res in out.items():
+        lines += [f"### {name}", "",
+                  "| method | setting | budget MB | planned MB | measured MB | measured / budget | step ms | "
+                  "recomputed / offloaded | planning s |",
+                  "|---|---|---:|---:|---:|---:|---:|---|---:|"]
         for r in res["planner"]:
-            budget = "keep all (no budget)" if r["budget"] >= 2**40 else f"budget {r['budget'] / 1e6:.2f} MB"
-            lines.append(f"| {name} | planner | {budget} | {r['peak'] / 1e6:.2f} | {r['step_s'] * 1e3:.0f} | "
-                         f"{r['recomputed']} / {r['offloaded']} ({r['status']}) | {r['planning_s']:.2f} |")
+            gap = f", gap {r['gap']:.2f}" if r.get("gap") else ""
+            lines.append(f"| planner | {r['asked']} | {r['budget'] / 1e6:.2f} | {r['planned'] / 1e6:.2f} | "
+                         f"{r['measured'] / 1e6:.2f} | {r['measured_over_budget']:.3f} | {r['step_s'] * 1e3:.0f} | "
+                         f"{r['recomputed']} / {r['offloaded']} ({r['status']}{gap}) | {r['planning_s']:.1f} |")
         for r in res["torch_activation_memory_budget"]:
             if "error" in r:
-                lines.append(f"| {name} | torch dp | activation_memory_budget {r['ratio']:.2f} | failed | | "
+                lines.append(f"| torch dp | activation_memory_budget {r['ratio']:.2f} | | failed | | | | "
                              f"{r['error'][:80]} | |")
                 continue
-            lines.append(f"| {name} | torch dp | activation_memory_budget {r['ratio']:.2f} | {r['peak'] / 1e6:.2f} | "
-                         f"{r['step_s'] * 1e3:.0f} | | {r['planning_s']:.2f} |")
+            lines.append(f"| torch dp | activation_memory_budget {r['ratio']:.2f} | | {r['planned'] / 1e6:.2f} | "
+                         f"{r['measured'] / 1e6:.2f} | | {r['step_s'] * 1e3:.0f} | | {r['planning_s']:.1f} |")
         for r in res["eager"]:
-            lines.append(f"| {name} | eager | {'full checkpointing' if r['checkpoint'] else 'no checkpointing'} | "
-                         f"{r['peak'] / 1e6:.2f} | {r['step_s'] * 1e3:.0f} | | |")
+            lines.append(f"| eager | {'full checkpointing' if r['checkpoint'] else 'no checkpointing'} | | | "
+                         f"{r['measured'] / 1e6:.2f} | | {r['step_s'] * 1e3:.0f} | | |")
+        least = next(r for r in res["planner"] if r["asked"] == "M_R")
+        sweep = min((r for r in res["torch_activation_memory_budget"] if "measured" in r),
+                    key=lambda r: r["measured"], default=None)
+        ckpt = next(r for r in res["eager"] if r["checkpoint"])
+        lines += ["", "| least peak, measured | MB |", "|---|---:|",
+                  f"| planner M_R | {least['measured'] / 1e6:.2f} |"]
+        if sweep is not None:
+            lines.append(f"| torch activation_memory_budget sweep, best ({sweep['ratio']:.2f}) | "
+                         f"{sweep['measured'] / 1e6:.2f} |")
+        lines += [f"| full activation checkpointing | {ckpt['measured'] / 1e6:.2f} |", ""]
     return "\n".join(lines) + "\n"
 
 
-def plot(out: dict[str, Any]) -> None:
+def plot(out: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -312,18 +327,19 @@ def plot(out: dict[str, Any]) -> None:
     fig, axes = plt.subplots(1, len(out), figsize=(5 * len(out), 4), squeeze=False)
     for ax, (name, res) in zip(axes[0], out.items()):
         for label, rows, mark in (("planner (byte budget)", res["planner"], "o-"),
-                                  ("torch activation_memory_budget (dp)", res["torch_activation_memory_budget"], "s--")):
-            rows = sorted((r for r in rows if "peak" in r), key=lambda r: r["peak"])
-            ax.plot([r["peak"] / 2**20 for r in rows], [r["step_s"] * 1e3 for r in rows], mark, label=label)
+                                  ("torch activation_memory_budget (dp)", res["torch_activation_memory_budget"],
+                                   "s--")):
+            rows = sorted((r for r in rows if "measured" in r), key=lambda r: r["measured"])
+            ax.plot([r["measured"] / 2**20 for r in rows], [r["step_s"] * 1e3 for r in rows], mark, label=label)
         for r in res["eager"]:
-            ax.plot([r["peak"] / 2**20], [r["step_s"] * 1e3], "k^" if r["checkpoint"] else "kv",
+            ax.plot([r["measured"] / 2**20], [r["step_s"] * 1e3], "k^" if r["checkpoint"] else "kv",
                     label="eager, full checkpointing" if r["checkpoint"] else "eager")
-        ax.set_title(f"{name} (CPU; replayed / tracked peak)")
+        ax.set_title(f"{name} (measured peak)")
         ax.set_xlabel("peak MiB")
         ax.set_ylabel("step ms")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "train_budget.png", dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

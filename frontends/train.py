@@ -7,32 +7,41 @@ aot_autograd traces the joint forward+backward graph and calls our `partition_fn
 (CONVENTIONS: save/recompute/offload decisions belong there). The partition function
 
 1. lays the joint graph out on one timeline (the forward ops, then the backward ops, in the
-   joint graph's order), sizes every storage from the FakeTensor values, and builds the
-   neutral `solvers.remat.RematProblem` (`_analyse`);
-2. solves it (`solvers.remat.solve`: a 0-1 programme with a greedy warm start; values of
-   repeated blocks, found from `nn_module_stack` (`h.0`, `h.1`, ...), share a group, so one
-   block is solved first and applied to all as the warm start); below the least modelled peak,
-   the least-peak choice (`solvers.remat.min_peak`) is replayed, and its replayed peak is the
-   smallest budget reported;
+   joint graph's order), sizes every storage from the FakeTensor values, measures every
+   distinct call's kernel workspace on the device (`train_memory.annotate_workspaces`: oneDNN
+   convolutions, for one, hold a second output-sized buffer), and builds the neutral
+   `solvers.remat.RematProblem` with those transients in its per-step base (`_Timeline`);
+2. resolves a named budget (M_R / M_H / M_P, see `compile_train`) and solves
+   (`solvers.remat.solve`: a 0-1 programme with a greedy warm start; values of repeated
+   blocks, found from `nn_module_stack` (`h.0`, `h.1`, ...), share a group, so one block is
+   solved first and applied to all as the warm start), all solves within `time_limit`;
 3. splits the joint graph with torch's `_extract_fwd_bwd_modules`, saving exactly the kept and
    offloaded values (and the inputs the backward reads), so the backward recomputes the rest,
    and reorders the backward with `reordering_to_mimic_autograd_engine`, which runs each
-   recomputation just before its first reader (`_split`);
-4. inserts the offload copies: on CUDA torch's own `ao.offload` / `ao.reload` /
+   recomputation just before its first reader (`split`);
+4. on CUDA inserts the offload copies, torch's own `ao.offload` / `ao.reload` /
    `ao.wait_tensor` ops (one side stream, pinned host buffers; the reload is issued at the
-   prefetch step the solver chose and waited on before the first reader); on CPU, where host
-   and device are one memory, `planner::host_copy`, a real copy, so the data path is still
-   exercised (`_offload`);
+   prefetch step the solver chose and waited on before the first reader). On CPU host and
+   device are one memory, a host copy saves nothing, and offload is never chosen (`_offload`);
 5. replays the two graphs it returns (`replay_peak`: storages allocated at their producer,
-   freed after their last reader, saved ones carried from the forward into the backward) and,
-   if the replayed peak exceeds the budget, tightens the modelled budget by the excess and
-   solves again.
+   freed after their last reader, saved ones carried from the forward into the backward,
+   each call's workspace while it runs) and, if the replayed peak exceeds the budget,
+   tightens the modelled budget by the excess and solves again;
+6. below what the programme reaches, uses the graph's least-peak plan (`_Plans.least`): the
+   best replayed of the programme's least-peak solve, torch's min-cut partitions and block
+   checkpointing, cached per graph, so the minimum an Infeasible error names is reached when
+   asked for.
 
 The budget covers every byte the compiled forward and backward allocate: activations, the
-values held for the backward, recomputed values and the gradients; not parameters, inputs or
-the incoming gradient of the loss. It applies per captured graph (use `fullgraph=True`).
-Random ops (dropout's mask) are never recomputed: their outputs are kept or offloaded; we do
-not replay RNG state (aot_autograd's functionalized RNG is left off).
+values held for the backward, recomputed values, kernels' scratch and the gradients; not
+parameters, inputs or the incoming gradient of the loss. It applies per captured graph (use
+`fullgraph=True`) and per static shape: a graph dynamo captures with dynamic shapes (a new
+batch size) is planned again for each shape it runs with, under the same budget (`Compiled`).
+The replay agrees with the allocator's events of the step when the graphs run as they are
+(`compiler="eager"`, whose boxed runner frees each saved value after its last reader);
+Inductor's fused kernels allocate less. Random ops (dropout's mask, attention with dropout)
+are never recomputed: their outputs are kept or offloaded; we do not replay RNG state
+(aot_autograd's functionalized RNG is left off).
 """
 from __future__ import annotations
 
@@ -43,6 +52,7 @@ import logging
 import operator
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -53,55 +63,70 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.flop_counter import flop_registry
 
 from planner.errors import BadInput, Infeasible, UnsupportedModel
+from planner.frontends.train_memory import WORKSPACE, annotate_workspaces
 from planner.ir import Bytes, Target, get_target
+from planner.plan import SolverInfo
 from planner.units import parse_bytes
 
 __all__ = ["TrainOptions", "TrainReport", "compile_train", "replay_peak"]
 
 log = logging.getLogger(__name__)
 MEMORY_BYTES_PER_S = 2e12  # device-memory bandwidth for the roofline of memory-bound ops (Target has none)
+_WORKSPACES: dict[tuple, Bytes] = {}  # calibrated kernel workspaces by call signature (train_memory), per process
 _TIGHTEN_ROUNDS = 4
 
 
-@torch.library.custom_op("planner::host_copy", mutates_args=())
-def host_copy(x: torch.Tensor) -> torch.Tensor:
-    """The offload and the reload where host and device memory are one (CPU): a real copy."""
-    return x.clone()
+NAMES = ("M_R", "M_H", "M_P")  # named budgets (see compile_train)
 
 
-@host_copy.register_fake
-def _(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
+def budget_name(budget: Any) -> str | None:
+    """"M_R" / "M_H" / "M_P" for a named budget (any case, "-" for "_"), else None."""
+    if isinstance(budget, str) and budget.strip().upper().replace("-", "_") in NAMES:
+        return budget.strip().upper().replace("-", "_")
+    return None
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    memory_budget: Bytes  # peak bytes of one compiled step (see the module docstring)
+    memory_budget: Bytes | str = "M_P"  # bytes, or "M_R" / "M_H" / "M_P" (see compile_train)
     solver: str = "milp"  # "milp" (exact on the model, greedy warm start) or "greedy"
-    time_limit: float = 30.0  # seconds for the 0-1 programme
+    time_limit: float = 10.0  # seconds for the solves of one graph together (calibration and splits come on top)
     compiler: str = "inductor"  # "inductor", or "eager" (the fx graphs run as they are)
     strict: bool = False  # raise instead of warning and falling back when a graph cannot be planned
     target: str = "gpu-fp32"  # roofline (flops/s, host copy bytes/s) for the added-time objective
-    offload: bool = True  # allow host offload
+    offload: bool = True  # allow host offload (never on CPU, where host and device memory are one)
     recompute: bool = True  # allow recomputation
 
     @staticmethod
     def from_dict(options: dict[str, Any]) -> TrainOptions:
-        """Reads the backend's options (never mutating them); unknown keys are an error."""
+        """Reads the backend's options (never mutating them); unknown keys are an error.
+
+        frontends.dynamo hands over its whole options dict: its "fold_bn" (inference only:
+        training updates the batch norms) and torch's own keys are accepted and not used, and
+        its default solver "auto" means "milp"."""
         opts = dict(options)
         if opts.pop("mode", "train") not in ("train", "auto"):  # "auto": frontends.dynamo saw a training graph
             raise BadInput("compile_train plans training graphs: mode must be 'train'")
+        for key in ("fold_bn", "guard_filter_fn", "use_aoti"):
+            opts.pop(key, None)
         names = {f.name for f in dataclasses.fields(TrainOptions)}
         unknown = sorted(set(opts) - names)
         if unknown:
             raise BadInput(f"unknown option(s) {unknown}; choose from {sorted(names | {'mode'})}")
-        if "memory_budget" not in opts:
-            raise BadInput("memory_budget is required, in bytes or as '6GiB'")
-        opts["memory_budget"] = parse_bytes(opts["memory_budget"])
+        budget = opts.get("memory_budget")
+        budget = "M_P" if budget is None else budget
+        opts["memory_budget"] = budget_name(budget) or parse_bytes(budget)
+        if opts["memory_budget"] == 0:
+            raise BadInput("memory_budget must be positive")
+        if opts.get("solver") in (None, "auto"):
+            opts["solver"] = "milp"
+        if opts["solver"] not in ("milp", "greedy"):
+            raise BadInput(f"solver must be 'milp', 'greedy' or 'auto', not {opts['solver']!r}")
         if opts.get("compiler", "inductor") not in ("inductor", "eager"):
             raise BadInput(f"compiler must be 'inductor' or 'eager', not {opts['compiler']!r}")
-        if opts.get("solver", "milp") not in ("milp", "greedy"):
-            raise BadInput(f"solver must be 'milp' or 'greedy', not {opts['solver']!r}")
+        limit = opts.get("time_limit", 10.0)
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < float("inf"):
+            raise BadInput(f"time_limit={limit!r} must be a positive number of seconds")
         get_target(opts.get("target", "gpu-fp32"))
         return TrainOptions(**opts)
 
@@ -110,7 +135,8 @@ class TrainOptions:
 class TrainReport:
     """What the partition function decided for one graph; filled when the graph compiles."""
 
-    budget: Bytes
+    budget: Bytes | str  # the budget asked for; bytes once the graph is planned
+    requested: Bytes | str = ""  # as the options gave it (a name or bytes)
     choice: dict[str, str] = field(default_factory=dict)  # forward op -> keep / offload / recompute
     recomputed: list[str] = field(default_factory=list)  # forward ops the backward graph runs again
     offloaded: list[str] = field(default_factory=list)  # saved tensors copied to host
@@ -120,26 +146,95 @@ class TrainReport:
     solver: Any = None  # planner.plan.SolverInfo of the last solve
     rounds: int = 0  # solves (more than one when the replay tightened the budget)
     planning_s: float = 0.0
+    least_peak: Bytes | None = None  # M_R: the least replayed peak planner reaches (when it was needed)
+    keep_all_peak: Bytes | None = None  # M_P: the replayed peak keeping every saved value
+    source: str = ""  # "planner", "least" (the cached least-peak plan) or "torch-min-cut@r"
+    device: str = ""
+    shape: tuple = ()  # the example inputs' shapes this graph was planned for
     fallback: str | None = None  # why the graph was not planned (non-strict fallback)
 
 
 class Compiled:
-    """The compiled training callable, with the report of its planning."""
+    """The compiled training callable, with the report of its planning.
 
-    def __init__(self, fn: Callable, report: TrainReport):
-        self.fn, self.report = fn, report
-        self._boxed_call = getattr(fn, "_boxed_call", False)
+    A graph dynamo captured with dynamic shapes (after a new batch size, by default) cannot be
+    planned: its sizes are symbols. It is compiled again for every static shape it is called
+    with, under the same budget, and kept per shape (`reports` has one report each); `report`
+    is the latest."""
+
+    def __init__(self, fn: Callable | None, report: TrainReport,
+                 per_shape: Callable[[list], tuple[Callable, TrainReport]] | None = None):
+        self.fn, self.report, self._per_shape = fn, report, per_shape
+        self.reports: dict[tuple, TrainReport] = {report.shape: report} if fn is not None else {}
+        self._fns: dict[tuple, Callable] = {}
+        self._boxed_call = getattr(fn, "_boxed_call", False) if fn is not None else False
 
     def __call__(self, *args: Any) -> Any:
-        return self.fn(*args)
+        if self._per_shape is None:
+            return self.fn(*args)
+        key = _shape_key(list(args))
+        if key not in self._fns:
+            self._fns[key], self.report = self._per_shape(list(args))
+            self.reports[key] = self.report
+        fn = self._fns[key]
+        return fn(list(args)) if getattr(fn, "_boxed_call", False) else fn(*args)
+
+
+def _shape_key(args: list) -> tuple:
+    """The static shape of a call: tensors' shapes, strides and dtypes, and the integers."""
+    return tuple((tuple(a.shape), tuple(a.stride()), a.dtype) if isinstance(a, torch.Tensor) else
+                 (a if isinstance(a, int) else type(a).__name__) for a in args)
+
+
+def _is_dynamic(example_inputs: list) -> bool:
+    return any(isinstance(a, torch.SymInt) or (isinstance(a, torch.Tensor) and any(
+        isinstance(s, torch.SymInt) for s in (*a.shape, *a.stride()))) for a in example_inputs)
+
+
+def _specialize(gm: fx.GraphModule, args: list) -> tuple[fx.GraphModule, list]:
+    """A copy of a dynamic-shape graph with its size arguments (the integers dynamo passes for
+    its symbols) replaced by the call's values, and the tensor arguments left: a static graph
+    aot_autograd traces at these shapes. The copy carries no dynamo metadata (its arguments no
+    longer match dynamo's sources)."""
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    g.output(g.graph_copy(gm.graph, env))
+    placeholders = [env[n] for n in gm.graph.nodes if n.op == "placeholder"]
+    tensors = []
+    for ph, a in zip(placeholders, args):
+        if isinstance(a, torch.Tensor):
+            tensors.append(a)
+            continue
+        for user in list(ph.users):
+            user.args, user.kwargs = fx.node.map_aggregate((user.args, user.kwargs), lambda x: a if x is ph else x)
+        g.erase_node(ph)
+    static = fx.GraphModule(gm, g)
+    static.meta = {}
+    return static, tensors
 
 
 def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, Any] | None = None) -> Compiled:
-    """Compiles `gm` for training under `options["memory_budget"]` bytes.
+    """Compiles `gm` for training under `options["memory_budget"]`.
+
+    The budget counts every byte the compiled forward and backward allocate on the device
+    (see the module docstring), kernels' scratch included. It is bytes, a size ("200MB",
+    "6GiB"), or a name, resolved per graph from its replayed peaks:
+
+    - "M_P" (the default, also for None): keep every value the backward reads, the least
+      memory with no recomputation and no transfers (the training analogue of DESIGN's M_P,
+      the least peak with no spill traffic, for the graph's own order);
+    - "M_R": the least peak planner reaches with recomputation, and offload where it saves
+      device memory (never on CPU); below it no plan fits, as no plan fits below DESIGN's
+      M_R. It is the best replayed of the 0-1 programme's least-peak solve, torch's min-cut
+      partitions (activation_memory_budget 0 and 1) and block checkpointing (every repeated
+      block's outputs kept, the rest recomputed), cached per graph, so the minimum an
+      Infeasible error names is reached when asked for;
+    - "M_H": (M_R + M_P) / 2.
 
     Parameters
     ----------
-    gm, example_inputs : what torch.compile hands a backend.
+    gm, example_inputs : what torch.compile hands a backend; a graph with dynamic shapes is
+        planned again for each static shape it is called with (see `Compiled`).
     options : TrainOptions fields as a dict, plus "mode": "train"; not modified.
 
     Returns
@@ -149,12 +244,31 @@ def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, A
     Raises
     ------
     BadInput : bad options. Infeasible : the budget is below the least peak we can reach
-        (`minimum` says it).
+        (`minimum` says it; asking for that budget succeeds).
     """
     opts = TrainOptions.from_dict(options or {})
+    if _is_dynamic(example_inputs):
+        log.info("planner train: dynamic shapes; planning each static shape under the same budget")
+
+        def per_shape(args: list) -> tuple[Callable, TrainReport]:
+            static, tensors = _specialize(gm, args)
+            fn, report = _compile_static(static, tensors, opts)
+            kept = [k for k, a in enumerate(args) if not isinstance(a, (int, torch.SymInt))]
+
+            def call(*values: Any) -> Any:  # the graph's arguments less the sizes now baked in
+                return fn(*[values[k] for k in kept])
+            return call, report
+        return Compiled(None, TrainReport(opts.memory_budget, opts.memory_budget), per_shape)
+    fn, report = _compile_static(gm, example_inputs, opts)
+    return Compiled(fn, report)
+
+
+def _compile_static(gm: fx.GraphModule, example_inputs: list, opts: TrainOptions) -> tuple[Callable, TrainReport]:
+    """aot_autograd with our partition function, for one static shape."""
     from torch._dynamo.backends.common import aot_autograd
 
-    report = TrainReport(opts.memory_budget)
+    report = TrainReport(opts.memory_budget, opts.memory_budget,
+                         shape=_shape_key([a for a in example_inputs if isinstance(a, (torch.Tensor, int))]))
     fw_compiler, bw_compiler = _compilers(opts.compiler)
     extra = {}
     if opts.compiler == "inductor":
@@ -162,15 +276,21 @@ def compile_train(gm: fx.GraphModule, example_inputs: list, options: dict[str, A
         extra["decompositions"] = select_decomp_table()
     backend = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler,
                            partition_fn=functools.partial(_partition, opts=opts, report=report), **extra)
-    return Compiled(backend(gm, example_inputs), report)
+    return backend(gm, example_inputs), report
 
 
 def _compilers(name: str) -> tuple[Callable, Callable]:
     if name == "eager":
-        from functorch.compile import make_boxed_func
-
         def eager(gm: fx.GraphModule, _inputs: list) -> Callable:
-            return make_boxed_func(gm.forward)
+            # boxed: the graph takes its argument list and empties it, so each saved value is
+            # freed after its last reader (as the replay counts), not when the backward returns
+            gm.graph.set_codegen(fx.graph._BoxedCodeGen())
+            gm.recompile()
+
+            def run(args: list) -> Any:
+                return gm(args)
+            run._boxed_call = True
+            return run
         return eager, eager
     from torch._inductor.compile_fx import compile_fx_inner
     return (functools.partial(compile_fx_inner, is_backward=False),
@@ -179,58 +299,256 @@ def _compilers(name: str) -> tuple[Callable, Callable]:
 
 def _partition(joint: fx.GraphModule, joint_inputs: Any, *, opts: TrainOptions, report: TrainReport,
                num_fwd_outputs: int, **kwargs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
-    """aot_autograd's partition_fn: plan, split, offload, replay, tighten."""
+    """aot_autograd's partition_fn: plan, split, offload, replay, tighten; below what the
+    programme reaches, the cached least-peak plan; below that, Infeasible."""
     t0 = time.perf_counter()
     try:
         timeline = _Timeline(joint, num_fwd_outputs, get_target(opts.target), opts)
     except UnsupportedModel as e:
         if opts.strict:
             raise
-        log.warning("planner: cannot plan this graph (%s); using torch's min-cut partition", e)
+        # never silent: the budget is not applied to this graph
+        warnings.warn(f"planner: cannot plan this training graph ({e}); the memory budget is NOT applied to it "
+                      "(torch's min-cut partition is used); pass strict=True to raise instead", stacklevel=2)
         report.fallback = str(e)
         return P.min_cut_rematerialization_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kwargs)
     from planner.solvers import remat
 
-    params = remat.Params(time_limit=opts.time_limit, method=opts.solver, offload=opts.offload,
-                          recompute=opts.recompute)
-    budget, tried = opts.memory_budget, []
+    params = remat.Params(time_limit=opts.time_limit, method=opts.solver, recompute=opts.recompute,
+                          offload=opts.offload and timeline.device != "cpu")  # on CPU a host copy saves nothing
+    plans = _Plans(timeline, params, kwargs.get("static_lifetime_input_indices"))
+    report.device = timeline.device
+    report.keep_all_peak = plans.keep_all()[2]
+    deadline = time.perf_counter() + opts.time_limit  # the solves' time; the calibration above is not in it
+    name = budget_name(opts.memory_budget)
+    if name is not None:
+        report.least_peak = None if name == "M_P" else plans.least(deadline).peak
+        budget = {"M_P": report.keep_all_peak, "M_R": report.least_peak,
+                  "M_H": ((report.least_peak or 0) + report.keep_all_peak) // 2}[name]
+    else:
+        budget = opts.memory_budget
+    report.budget = budget
+    found = None
+    if name == "M_R":  # the least-peak plan itself: nothing else reaches it
+        least = plans.least(deadline)
+        fw, bw, recomputed = timeline.split(least.decision.choice, least.decision.prefetch)
+        found = (fw, bw, least.peak, recomputed, least.decision)
+        report.solver, report.source = least.decision.solver, least.source
+    elif budget >= report.keep_all_peak:
+        found = plans.keep_all()
+        report.solver = SolverInfo("keep-all", "optimal", 0, 0, 0.0, 0.0)
+        report.source, report.rounds = "planner", 0
+    # the model holds a recomputation's inputs to their last possible need, so it overestimates
+    # some choices: the programme gets the budget plus the least overestimate the candidates
+    # show (their modelled minus replayed peak); the replay decides, and tightens when over
+    over = [d.peak - p for p, d, _ in plans.candidates() if d.peak > p] if found is None else []
+    modelled, tried = budget + min(over, default=0), []
     for rounds in range(1, _TIGHTEN_ROUNDS + 1):
-        problem = timeline.problem(budget)
+        if found is not None or time.perf_counter() > deadline:
+            break
         try:
-            decision = remat.solve(problem, params)
+            left = max(1.0, (deadline - time.perf_counter()) / 2)  # the rest: the least-peak fallback
+            decision = remat.solve(timeline.problem(modelled), dataclasses.replace(params, time_limit=left),
+                                   hints=[d.choice for _, d, _ in plans.candidates()])
         except Infeasible as e:
-            # the model overestimates some recomputations: the least-memory plan may still fit
-            decision = _replayed(timeline, e.least)
-            if decision.peak > opts.memory_budget:
-                raise Infeasible(f"no plan fits {opts.memory_budget:,} B; the least peak planner reaches is "
-                                 f"{decision.peak:,} B, replayed ({e})", op=e.op, minimum=decision.peak) from None
+            plans.least(deadline, programme=getattr(e, "least", None))
+            break
         fw, bw, recomputed = timeline.split(decision.choice, decision.prefetch)
         peak = replay_peak(fw, bw)
+        log.info("planner train: round %d, modelled budget %d: modelled %d, replayed %d (%s %s)", rounds, modelled,
+                 decision.peak, peak, decision.solver.name, decision.solver.status)
         tried.append(peak)
-        report.choice, report.recomputed = decision.choice, recomputed
-        report.offloaded = [n for n, c in decision.choice.items() if c == remat.OFFLOAD]
-        report.modelled_peak, report.replayed_peak, report.added_s = decision.peak, peak, decision.added_s
-        report.solver, report.rounds = decision.solver, rounds
-        if peak <= opts.memory_budget:
+        report.rounds = rounds
+        if peak <= budget:
+            found = (fw, bw, peak, recomputed, decision)
+            report.solver, report.source = decision.solver, "planner"
             break
-        budget -= peak - opts.memory_budget
-    else:
-        raise Infeasible(f"the replayed peaks {tried} stay above the budget {opts.memory_budget:,} B after "
-                         f"{_TIGHTEN_ROUNDS} rounds", minimum=min(tried))
+        modelled = min(modelled, decision.peak) - (peak - budget)  # strictly below the choice that missed
+    if found is None:  # the cheapest plan found elsewhere that fits, else the least-peak plan (cached per graph)
+        fitting = [(d.added_s, p, d, s) for p, d, s in plans.candidates() if p <= budget]
+        if not fitting:
+            least = plans.least(deadline)
+            report.least_peak = least.peak
+            if least.peak > budget:
+                raise Infeasible(f"no plan fits {budget:,} B; the least peak planner reaches is {least.peak:,} B "
+                                 f"(replayed; {least.source}); ask for at least that", op=least.op,
+                                 minimum=least.peak)
+            fitting = [(least.decision.added_s, least.peak, least.decision, least.source)]
+        _, peak, decision, source = min(fitting, key=lambda c: c[0])
+        fw, bw, recomputed = timeline.split(decision.choice, decision.prefetch)
+        found = (fw, bw, peak, recomputed, decision)
+        report.solver, report.source = decision.solver, source
+    fw, bw, peak, recomputed, decision = found
+    report.choice, report.recomputed = decision.choice, recomputed
+    report.offloaded = [n for n, c in decision.choice.items() if c == remat.OFFLOAD]
+    report.modelled_peak, report.replayed_peak, report.added_s = decision.peak, peak, decision.added_s
     report.planning_s = time.perf_counter() - t0
     log.info("planner train: budget %d, peak %d (model %d), recomputed %d ops, offloaded %d, %s %s, %.2f s",
-             opts.memory_budget, peak, decision.peak, len(recomputed), len(report.offloaded),
-             decision.solver.name, decision.solver.status, report.planning_s)
+             budget, peak, decision.peak, len(recomputed), len(report.offloaded),
+             report.solver.name, report.solver.status, report.planning_s)
     return fw, bw
 
 
-def _replayed(timeline: _Timeline, least: Any) -> Any:
-    """The least-memory decision with its replayed peak as its peak: the smallest budget we reach."""
-    fw, bw, _ = timeline.split(least.choice, least.prefetch)
-    return dataclasses.replace(least, peak=replay_peak(fw, bw))
+@dataclass
+class _Least:
+    """The least-peak plan of one graph: its decision, replayed peak and where it came from."""
+
+    decision: Any  # solvers.remat.Decision
+    peak: Bytes
+    source: str
+    op: str | None
+
+
+_LEAST: dict[tuple, _Least] = {}  # graph fingerprint and options -> least-peak plan (per process)
+_CANDIDATES: dict[tuple, list] = {}  # graph fingerprint and options -> _Plans.candidates() (per process)
+
+
+class _Plans:
+    """The plans of one graph that do not depend on the budget: keeping everything, and the
+    least peak (cached per graph across compiles, so a minimum once reported is reached)."""
+
+    def __init__(self, timeline: _Timeline, params: Any, static_lifetime: list[int] | None):
+        self.timeline, self.params, self.static_lifetime = timeline, params, static_lifetime
+        self._keep_all: tuple | None = None
+
+    def keep_all(self) -> tuple:
+        """(fw, bw, replayed peak, recomputed, decision) keeping every value the backward reads."""
+        if self._keep_all is None:
+            from planner.solvers import remat
+
+            problem = self.timeline.problem(0)
+            choice = {v.name: remat.KEEP for v in problem.values if v.bwd_first is not None}
+            fw, bw, recomputed = self.timeline.split(choice, {})
+            peak, added = remat.evaluate(problem, choice, self.params)
+            self._keep_all = (fw, bw, replay_peak(fw, bw), recomputed,
+                              remat.Decision(choice, {}, peak, added, None))
+        return self._keep_all
+
+    def least(self, deadline: float, programme: Any = None) -> _Least:
+        """The least replayed peak among the programme's least-peak solve (warm-started from
+        them) and `candidates()`: the model's approximations (a value held to its last possible
+        need) cost a few percent that torch's cuts or block checkpointing sometimes avoid.
+        `programme`: the least-peak decision a failed solve already found (the same programme),
+        so it is not solved twice."""
+        from planner.solvers import remat
+
+        key = (self.timeline.fingerprint(), self.params.offload, self.params.recompute, self.params.method)
+        if key in _LEAST:
+            return _LEAST[key]
+        problem = self.timeline.problem(0)
+        candidates = list(self.candidates())
+        if programme is None:
+            left = max(1.0, deadline - time.perf_counter())
+            programme = remat.min_peak(problem, dataclasses.replace(self.params, time_limit=left),
+                                       hints=[d.choice for _, d, _ in candidates])
+        fw, bw, _ = self.timeline.split(programme.choice, programme.prefetch)
+        candidates.append((replay_peak(fw, bw), programme, f"programme, {programme.solver.name} "
+                           f"{programme.solver.status}"))
+        log.info("planner train: least-peak candidates %s", [(p, s) for p, _, s in candidates])
+        peak, decision, source = min(candidates, key=lambda c: (c[0], c[1].added_s))  # ties: the cheaper
+        best = _Least(decision, peak, source, None)
+        best.op = self.timeline.steps[min(remat.peak_step(problem, best.decision.choice, self.params),
+                                          len(self.timeline.steps) - 1)].name
+        _LEAST[key] = best
+        return best
+
+    def candidates(self) -> list[tuple[Bytes, Any, str]]:
+        """(replayed peak, decision, source) of the plans found without our programme: torch's
+        min-cut partitions at activation_memory_budget 0 and 1 (its dp solver) and block
+        checkpointing, each as our choice, split and replayed by us; cached per graph. They
+        warm-start the programme and are candidates for the least peak."""
+        from planner.solvers import remat
+
+        key = (self.timeline.fingerprint(), self.params.offload, self.params.recompute)
+        if key in _CANDIDATES:
+            return _CANDIDATES[key]
+        problem = self.timeline.problem(0)
+        found = []
+        choices = [(self._torch_choice(r), f"torch min-cut partition, activation_memory_budget {r}",
+                    f"torch-min-cut@{r}") for r in ((0.0, 1.0) if self.params.recompute else ())]
+        if self.params.recompute:
+            choices.append((self._checkpoint_choice(problem), "every repeated block's outputs kept, the rest "
+                            "recomputed (full checkpointing)", "block-checkpoint"))
+        for choice, source, name in choices:
+            if choice is None:
+                continue
+            fw, bw, _ = self.timeline.split(choice, {})
+            modelled, added = remat.evaluate(problem, choice, self.params)
+            info = SolverInfo(name, "heuristic", None, None, None, 0.0)
+            found.append((replay_peak(fw, bw), remat.Decision(choice, {}, modelled, added, info), source))
+        _CANDIDATES[key] = found
+        return found
+
+    def _checkpoint_choice(self, problem: Any) -> dict[str, str] | None:
+        """Full activation checkpointing as a choice: in every instance of a numbered module
+        (`h.0`, `layer1.2`, ... in `nn_module_stack`), keep the values read outside it (its
+        outputs) and recompute the others; keep what lies outside such blocks. None when the
+        graph has no numbered blocks. Its backward recomputes each block where its gradients
+        start, as torch.utils.checkpoint does, and it is sometimes below the programme's
+        least (whose model holds a recomputation's inputs to their last possible need)."""
+        from planner.solvers import remat
+
+        tl = self.timeline
+        block: dict[str, str | None] = {}
+        for n in tl.fwd:  # calls without a module stack (views, decompositions) follow their first input
+            block[n.name] = _block_of(n) if n.meta.get("nn_module_stack") else next(
+                (block[a.name] for a in n.all_input_nodes if a.name in block), None)
+        if not any(block.values()):
+            return None
+        by_name = {n.name: n for n in tl.fwd}
+        choice = {}
+        for v in problem.values:
+            b = block.get(v.name)
+            n = by_name[v.name] if b else None
+            readers = {tl.steps[r].name for k in (tl.keys[n] if n is not None else []) for r in tl.readers[k]
+                       if r < tl.n_forward}
+            inner = b is not None and all(block.get(r) == b for r in readers)
+            choice[v.name] = remat.RECOMPUTE if inner and v.recomputable else remat.KEEP
+        return choice
+
+    def _torch_choice(self, ratio: float) -> dict[str, str] | None:
+        """The values torch's min-cut partition saves at `activation_memory_budget` = ratio, as
+        our choice (saved: keep; the rest: recompute), partitioning a copy of the joint graph
+        (torch's CSE and tag clean-up rewrite the graph they are given)."""
+        from torch._functorch import config
+
+        from planner.solvers import remat
+
+        tl = self.timeline
+        g = fx.Graph()
+        g.output(g.graph_copy(tl.joint.graph, {}))
+        copy = fx.GraphModule(tl.joint, g)
+        try:
+            with config.patch(activation_memory_budget=ratio, activation_memory_budget_solver="dp"):
+                fw, _ = P.min_cut_rematerialization_partition(
+                    copy, None, num_fwd_outputs=tl.num_fwd_outputs,
+                    static_lifetime_input_indices=self.static_lifetime)
+        except Exception as e:  # torch's partitioner fails on some graphs: one candidate fewer
+            log.info("planner: torch's min-cut partition at %s failed (%s)", ratio, e)
+            return None
+        out = next(n for n in reversed(fw.graph.nodes) if n.op == "output")
+        by_name = {n.name: n for n in tl.joint.graph.nodes}
+        saved = set()
+        for a in list(out.args[0])[tl.num_fwd_outputs:]:
+            n = by_name.get(getattr(a, "name", None))
+            for k in tl.keys.get(n, []) if n is not None else []:
+                if tl.owner[k] is not None:
+                    saved.add(tl.owner[k].name)
+        problem = tl.problem(0)
+        return {v.name: remat.KEEP if v.name in saved or not v.recomputable else remat.RECOMPUTE
+                for v in problem.values}
 
 
 # -- 1. the timeline and the problem ----------------------------------------------------------
+
+def _block_of(n: fx.Node) -> str | None:
+    """The instance of a numbered module (`...h.0`, `...layer1.2`) a node belongs to, from its
+    `nn_module_stack` (the first number on the path); None outside such modules."""
+    stack = n.meta.get("nn_module_stack")
+    path = list(stack.values())[-1][0] if stack else ""
+    m = re.search(r"\.(\d+)(?=\.|$)", path)
+    return path[:m.end()] if m else None
+
 
 def _tensors(val: Any) -> list[torch.Tensor]:
     if isinstance(val, torch.Tensor):
@@ -245,7 +563,16 @@ def _key(t: torch.Tensor) -> StorageWeakRef:
 
 
 def _is_random(n: fx.Node) -> bool:
-    return isinstance(n.target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in n.target.tags
+    """Draws from the RNG: tagged nondeterministic_seeded, unless a `dropout_p` argument is 0
+    (attention without dropout, e.g. GPT-2 at dropout 0, is deterministic and may be
+    recomputed, as torch.utils.checkpoint recomputes it)."""
+    if not (isinstance(n.target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in n.target.tags):
+        return False
+    for i, arg in enumerate(n.target._schema.arguments):
+        if arg.name == "dropout_p":
+            p = n.args[i] if i < len(n.args) else n.kwargs.get("dropout_p", arg.default_value)
+            return not (isinstance(p, (int, float)) and p == 0)
+    return True
 
 
 def _is_mutating(n: fx.Node) -> bool:
@@ -279,6 +606,19 @@ class _Timeline:
         self.n_forward = len(self.fwd)
         self._storages(nodes)
         self._uses(nodes)
+        annotate_workspaces(joint, _WORKSPACES)
+        devices = {t.device.type for n in nodes if n.op == "placeholder" for t in _tensors(n.meta.get("val"))}
+        self.device = "cuda" if "cuda" in devices else "cpu" if devices <= {"cpu"} else devices.pop()
+
+    def fingerprint(self) -> tuple:
+        """What identifies the graph across compiles: its code, its inputs' shapes, strides and
+        dtypes, and the device (the least-peak cache's key)."""
+        import hashlib
+
+        shapes = [(n.name, tuple(t.shape), tuple(t.stride()), str(t.dtype), str(t.device))
+                  for n in self.joint.graph.nodes if n.op == "placeholder" for t in _tensors(n.meta.get("val"))]
+        text = self.joint.code + repr(shapes) + repr(self.num_fwd_outputs)
+        return (hashlib.sha256(text.encode()).hexdigest(),)
 
     def _storages(self, nodes: list[fx.Node]) -> None:
         """keys[n]: the storages n's value lives in; owner[s]: the call that allocated s
@@ -329,6 +669,8 @@ class _Timeline:
             base[last + 1] -= self.nbytes[k]
         for t in range(1, end + 1):
             base[t] += base[t - 1]
+        for t, n in enumerate(self.steps):  # a kernel's scratch, live while it runs
+            base[t] += n.meta.get(WORKSPACE, 0)
         values = []
         for n in self.fwd:
             owned = [k for k in self.keys[n] if self.owner[k] is n and self.readers[k]]
@@ -491,14 +833,11 @@ def _offload(fw: fx.GraphModule, bw: fx.GraphModule, names: list[str], prefetch:
 
 
 def _copy_to_host(g: fx.Graph, node: fx.Node) -> fx.Node:
-    val = node.meta["val"]
-    if val.device.type == "cuda":
-        importlib.import_module("torch._functorch._activation_offloading.offload_ops")  # registers torch.ops.ao
-        start = g.call_function(torch.ops.ao.offload.default, (node,))
-        copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, node))
-        start.meta.update(val=val.to("cpu"), planner_host=True, planner_copy=True)
-    else:
-        copy = g.call_function(host_copy._opoverload, (node,))
+    val = node.meta["val"]  # on a CUDA device: offload is never chosen on CPU
+    importlib.import_module("torch._functorch._activation_offloading.offload_ops")  # registers torch.ops.ao
+    start = g.call_function(torch.ops.ao.offload.default, (node,))
+    copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, node))
+    start.meta.update(val=val.to("cpu"), planner_host=True, planner_copy=True)
     with _fake_mode(val):
         copy.meta.update(val=torch.empty_like(val, device="cpu"), planner_host=True, planner_copy=True)
     return copy
@@ -507,16 +846,12 @@ def _copy_to_host(g: fx.Graph, node: fx.Node) -> fx.Node:
 def _copy_to_device(g: fx.Graph, ph: fx.Node, at: fx.Node, first: fx.Node) -> fx.Node:
     """Issues the reload before `at` (the prefetch step) and, on CUDA, waits for it before `first`."""
     val = ph.meta["val"]
-    if val.device.type == "cuda":
-        importlib.import_module("torch._functorch._activation_offloading.offload_ops")
-        with g.inserting_before(at):
-            start = g.call_function(torch.ops.ao.reload.default, (ph, val.device, list(val.shape), list(val.stride())))
-        with g.inserting_before(first):
-            copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, ph))
-        start.meta.update(val=val, planner_copy=True)
-    else:
-        with g.inserting_before(at):
-            copy = g.call_function(host_copy._opoverload, (ph,))
+    importlib.import_module("torch._functorch._activation_offloading.offload_ops")
+    with g.inserting_before(at):
+        start = g.call_function(torch.ops.ao.reload.default, (ph, val.device, list(val.shape), list(val.stride())))
+    with g.inserting_before(first):
+        copy = g.call_function(torch.ops.ao.wait_tensor.default, (start, ph))
+    start.meta.update(val=val, planner_copy=True)
     # the reload holds the storage the backward's views of it share; the host copy another one
     with _fake_mode(val):
         ph.meta["val"] = torch.empty_like(val, device="cpu")
@@ -538,7 +873,8 @@ def replay_peak(fw: fx.GraphModule, bw: fx.GraphModule) -> Bytes:
     Each call allocates the storages of its value that are new (views allocate nothing); a
     storage is freed after the last node reading it, unless a graph output holds it; the forward's
     saved outputs are the backward's placeholders, live from its start. Inputs, weights, tangents
-    and host copies are not device bytes of the step.
+    and host copies are not device bytes of the step. A call's measured workspace
+    (`node.meta[WORKSPACE]`, set by `train_memory.annotate_workspaces`) is live while it runs.
     """
     peak_f, _ = _replay(fw, initial=False)
     peak_b, _ = _replay(bw, initial=True)
@@ -572,7 +908,7 @@ def _replay(gm: fx.GraphModule, initial: bool) -> tuple[Bytes, Bytes]:
         for k in keys[n]:
             if k not in external and k not in live:
                 live[k] = size[k]
-        peak = max(peak, sum(live.values()))
+        peak = max(peak, sum(live.values()) + n.meta.get(WORKSPACE, 0))
         for k in [k for k in live if last.get(k, i) <= i]:
             del live[k]
     return peak, sum(live.values())

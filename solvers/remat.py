@@ -55,7 +55,7 @@ from planner.errors import Infeasible
 from planner.ir import Bytes
 from planner.plan import SolverInfo
 
-__all__ = ["Value", "RematProblem", "Params", "Decision", "solve", "evaluate", "min_memory", "min_peak"]
+__all__ = ["Value", "RematProblem", "Params", "Decision", "solve", "evaluate", "peak_step", "min_memory", "min_peak"]
 
 KEEP, OFFLOAD, RECOMPUTE = "keep", "offload", "recompute"
 
@@ -115,8 +115,10 @@ class Decision:
     solver: SolverInfo
 
 
-def solve(problem: RematProblem, params: Params | None = None) -> Decision:
-    """The cheapest choice whose modelled peak fits `problem.budget`.
+def solve(problem: RematProblem, params: Params | None = None, hints: list[dict[str, str]] | tuple = ()) -> Decision:
+    """The cheapest choice whose modelled peak fits `problem.budget`. `hints` (choices found
+    elsewhere: torch's min-cut partitions, block checkpointing) warm-start the programme when
+    they fit and the greedy does not, or cost less.
 
     Raises
     ------
@@ -127,16 +129,21 @@ def solve(problem: RematProblem, params: Params | None = None) -> Decision:
     t0 = time.perf_counter()
     terms = _Terms(problem, params)
     greedy = _greedy(problem, terms)
-    best = greedy if terms.peak(greedy)[0] <= problem.budget else None
-    info = SolverInfo("remat-greedy", "heuristic", terms.cost(greedy), None, None, 0.0)
+    fits = [c for c in (greedy, *hints) if terms.peak(c)[0] <= problem.budget
+            and all(terms.allowed(problem.by_name[v], k) for v, k in c.items())]
+    best = min(fits, key=terms.cost) if fits else None
+    info = SolverInfo("remat-greedy" if best is greedy or best is None else "remat-hint", "heuristic",
+                      terms.cost(best or greedy), None, None, 0.0)
     if params.method == "milp":
-        found, milp = _exact(problem, terms, params, hint=best)
+        left = dataclasses.replace(params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0)))
+        found, milp = _exact(problem, terms, left, hint=best)
         if found is not None:
             best, info = found, milp
         elif best is not None:
             info.bound = milp.bound
     if best is None:  # the programme proved no fit, or found none in its time: the least peak may fit
-        least = min_peak(problem, params)
+        least = min_peak(problem, dataclasses.replace(
+            params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0))))
         if least.peak <= problem.budget:
             info = SolverInfo(least.solver.name, "heuristic", terms.cost(least.choice), None, None,
                               time.perf_counter() - t0)
@@ -164,24 +171,33 @@ def evaluate(problem: RematProblem, choice: dict[str, str], params: Params | Non
     return terms.peak(choice)[0], terms.cost(choice) * 1e-9
 
 
+def peak_step(problem: RematProblem, choice: dict[str, str], params: Params | None = None) -> int:
+    """The first step of the segment where a choice's modelled peak happens (names the op in errors)."""
+    return _Terms(problem, params or Params()).peak(choice)[1]
+
+
 def min_memory(problem: RematProblem, params: Params | None = None) -> dict[str, str]:
     """The choice with the least modelled peak (see `min_peak`)."""
     return min_peak(problem, params).choice
 
 
-def min_peak(problem: RematProblem, params: Params | None = None) -> Decision:
+def min_peak(problem: RematProblem, params: Params | None = None,
+             hints: list[dict[str, str]] | tuple = ()) -> Decision:
     """The least modelled peak: the 0-1 programme with the peak as its objective (method
-    "milp"), warm-started from the better of the greedy at a zero budget and recomputing
-    everything recomputable; with method "greedy", that better one alone. `solver.objective`
-    is the peak in bytes."""
+    "milp"), warm-started from the best of the greedy at a zero budget, recomputing
+    everything recomputable and the `hints` (choices found elsewhere, e.g. torch's min-cut
+    partitions, so the programme starts from them and only improves); with method "greedy",
+    that best one alone. `solver.objective` is the peak in bytes."""
     params = params or Params()
     t0 = time.perf_counter()
     terms = _Terms(problem, params)
     zero = RematProblem(problem.name, problem.values, problem.base, problem.step_s, problem.n_forward, 0)
-    best = min((_greedy(zero, terms), _recompute_all(problem, params)), key=lambda c: terms.peak(c)[0])
+    allowed = [h for h in hints if all(terms.allowed(problem.by_name[v], c) for v, c in h.items())]
+    best = min((_greedy(zero, terms), _recompute_all(problem, params), *allowed), key=lambda c: terms.peak(c)[0])
     info = SolverInfo("remat-minpeak-greedy", "heuristic", terms.peak(best)[0], None, None, 0.0)
-    if params.method == "milp":
-        found, milp = _exact(problem, terms, params, hint=best, minimise_peak=True)
+    if params.method == "milp":  # the time limit counts from the call: the warm starts' time is spent
+        left = dataclasses.replace(params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0)))
+        found, milp = _exact(problem, terms, left, hint=best, minimise_peak=True)
         if found is not None and terms.peak(found)[0] <= terms.peak(best)[0]:
             best = found
         if found is not None:  # optimal: on the model with bytes rounded up to its unit

@@ -131,3 +131,15 @@ def test_repeats_tied_first_reach_the_untied_optimum(budget):
     assert tied.solver.status == untied.solver.status == "optimal"
     assert tied.added_s == pytest.approx(untied.added_s) and tied.peak <= budget and untied.peak <= budget
     assert min_peak(p, Params(repeats=True)).peak == min_peak(p, Params(repeats=False)).peak
+
+
+def test_min_peak_starts_from_hints():
+    """A choice found elsewhere (torch's min-cut partition, block checkpointing) warm-starts the
+    least-peak search, which answers no worse; a hint the options forbid is left out."""
+    p = chain()
+    best = {"a": RECOMPUTE, "b": RECOMPUTE, "c": KEEP}  # 300: the forward's own peak
+    worst = {"a": KEEP, "b": KEEP, "c": KEEP}
+    greedy = min_peak(p, Params(method="greedy"), hints=[worst])
+    assert min_peak(p, Params(method="greedy"), hints=[best]).peak == evaluate(p, best)[0] <= greedy.peak
+    forbidden = {"a": OFFLOAD, "b": RECOMPUTE, "c": KEEP}
+    assert min_peak(p, Params(method="greedy", offload=False), hints=[forbidden]).choice != forbidden
