@@ -17,6 +17,11 @@ offset. Each run then replays the steps:
 - store: copy the view to its slow copy (a graph output goes to a fresh tensor that the
   run returns: outputs outlive the run, so they cannot live in the arena); storing an
   input or a weight, whose slow copy is already valid, moves nothing;
+- tensors named in `outside` (graph outputs, as `frontends.dynamo` plans them) never enter
+  the arena: the plan gives each a token residency (any size) that orders its readers,
+  and the run allocates the tensor itself when its producer computes, which writes into
+  it (out=) or hands over its fresh result; loads and stores of it move nothing. Nothing
+  is copied out of the arena and an output's bytes exist once;
 - free: drop the name's mapping; its bytes are the next tenant's.
 
 A recompute is a second compute step: the op simply runs again.
@@ -32,14 +37,18 @@ no-op: the same loop runs, which is how the tests cover it.
     ex = TorchExecutor(plan, lowered.graph, lowered.weights)
     outputs = ex.run(x)            # graph outputs, in graph.outputs order
     ex.stats.transient_peak_bytes  # what ran outside the arena
+
+`transient_reserve(graph, outside)` predicts that transient before planning (the ops whose
+callable has no out= form), so a caller can take it out of the budget.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import operator
+import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 
@@ -50,7 +59,7 @@ from planner.errors import BadInput
 from planner.ir import Graph, Op
 from planner.plan import Plan
 
-__all__ = ["TorchExecutor", "Stats"]
+__all__ = ["TorchExecutor", "Stats", "transient_reserve"]
 
 # Python operators and functional forms whose out= twin is a torch function.
 _OUT_TWINS: dict[Any, Callable[..., Any]] = {operator.add: torch.add, operator.sub: torch.sub,
@@ -64,7 +73,7 @@ class Stats:
 
     arena_bytes: int  # the one arena, allocated once at construction
     host_bytes: int  # buffers for spilled activations (pinned on CUDA), allocated once
-    output_bytes: int = 0  # the tensors a run returns, fresh each run
+    output_bytes: int = 0  # the tensors a run returns, fresh each run (copied out, or `outside` the arena)
     transient_peak_bytes: int = 0  # largest set of op results computed outside the arena, then copied in
     load_bytes: int = 0
     store_bytes: int = 0
@@ -92,6 +101,10 @@ class TorchExecutor:
     graph : the lowered graph.
     weights : weight name -> tensor on `device` (e.g. `Lowered.weights`).
     device : where the arena lives; default: the device of the first weight, else the CPU.
+    outside : graph outputs (bases) the plan gives token residencies: they are allocated
+        per run, outside the arena, and written in place (see the module docstring).
+    arena : a uint8 buffer on `device` to run in (its first bytes), shared by several
+        executors that never run at once; default: a new one of the plan's extent.
 
     Raises
     ------
@@ -100,30 +113,45 @@ class TorchExecutor:
     """
 
     def __init__(self, plan: Plan, graph: Graph, weights: dict[str, torch.Tensor],
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, outside: Collection[str] = (),
+                 arena: torch.Tensor | None = None):
         self.plan, self.graph, self.weights = plan, graph, weights
+        self.outside = set(outside)
         first = next(iter(weights.values()), None)
         self.device = torch.device(device) if device is not None else (first.device if first is not None
                                                                        else torch.device("cpu"))
         self.tracked = {t.name: t.nbytes for t in plan.tensors}
         self._check()
+        self.extent = self._extent()
         with torch.inference_mode(False):  # ordinary tensors, writable in and out of inference mode
-            self.arena = torch.empty(self._extent(), dtype=torch.uint8, device=self.device)
+            if arena is None:
+                arena = torch.empty(self.extent, dtype=torch.uint8, device=self.device)
             self._host = {n: self._host_buffer(n) for n in self._spilled()}
-        self._steps = self._compile_steps()
         self._writers = {op.name: _Writer(op) for op in graph.ops}
         self._order: _Ordering | _NoOrdering = _Ordering(CudaLanes(self.device)) \
             if self.device.type == "cuda" else _NoOrdering()
-        self.stats = Stats(self.arena.numel(), sum(b.numel() * b.element_size() for b in self._host.values()))
+        self.stats = Stats(self.extent, sum(b.numel() * b.element_size() for b in self._host.values()))
+        self.use_arena(arena)
+
+    def use_arena(self, arena: torch.Tensor) -> None:
+        """Runs in `arena` from now on (a shared buffer that grew); remakes the views."""
+        if arena.dtype != torch.uint8 or arena.numel() < self.extent or arena.device != self.device:
+            raise BadInput(f"an arena of {arena.numel()} {arena.dtype} on {arena.device} cannot hold this plan's"
+                           f" {self.extent} bytes on {self.device}")
+        self.arena = arena
+        self._steps = self._compile_steps()
 
     # set-up ---------------------------------------------------------------------------------
     def _check(self) -> None:
         g = self.graph
+        bases = {g.base(o) for o in g.outputs}
+        if not self.outside <= bases:
+            raise BadInput(f"outside: {sorted(self.outside - bases)[0]!r} is not a graph output")
         for name, planned in self.tracked.items():
             t = g.tensors.get(name)
             if t is None:
                 raise BadInput(f"the plan names tensor {name!r}, which graph {g.name!r} lacks")
-            if planned < t.nbytes:
+            if planned < t.nbytes and name not in self.outside:
                 raise BadInput(f"the plan gives {name!r} {planned} B but its {t.dtype} values need {t.nbytes} B;"
                                " plan with a target that sizes tensors at their dtype (gpu-fp32)")
         for s in self.plan.steps:
@@ -156,7 +184,10 @@ class TorchExecutor:
         pin = self.device.type == "cuda"
         return torch.empty(t.shape, dtype=_dtype(t.dtype), device="cpu", pin_memory=pin)
 
-    def _view(self, name: str, offset: int) -> torch.Tensor:
+    def _view(self, name: str, offset: int) -> torch.Tensor | None:
+        """`name`'s typed view of the arena at `offset`; None for a tensor `outside` the arena."""
+        if name in self.outside:
+            return None
         t = self.graph.tensors[name]
         dtype = _dtype(t.dtype)
         if offset % dtype.itemsize:
@@ -200,15 +231,19 @@ class TorchExecutor:
         st.load_bytes = st.store_bytes = st.computes = st.recomputes = st.transient_peak_bytes = 0
         with torch.no_grad():
             outputs = {o: torch.empty(g.tensors[o].shape, dtype=_dtype(g.tensors[o].dtype), device=self.device)
-                       for o in {g.base(o) for o in g.outputs}}  # before the ordering starts: see _Ordering
-            st.output_bytes = sum(v.numel() * v.element_size() for v in outputs.values())
+                       for o in {g.base(o) for o in g.outputs} - self.outside}  # before the ordering: see _Ordering
             self._order.begin()
             slow: dict[str, torch.Tensor] = {**values, **dict(zip(g.inputs, inputs)), **self._host}
             resident: dict[str, torch.Tensor] = {}
             done: set[str] = set()
             for step in self._steps:
                 if step.kind == "compute":
-                    self._compute(step, resident, values, done)
+                    self._compute(step, resident, values, done, outputs)
+                elif step.name in self.outside:  # its one copy is where its producer put it
+                    if step.kind == "load":
+                        resident[step.name] = outputs[step.name]
+                    elif step.kind == "free":
+                        resident.pop(step.name, None)
                 elif step.kind == "load":
                     self._load(step, resident, slow)
                 elif step.kind == "store" and g.tensors[step.name].kind not in ("input", "weight"):
@@ -219,6 +254,7 @@ class TorchExecutor:
                 if check_arena:
                     self._check_in_arena(step, resident)
             self._order.end()
+        st.output_bytes = sum(v.numel() * v.element_size() for v in outputs.values())
         return [outputs[o] if o not in g.views else outputs[g.base(o)].reshape(g.views[o].shape) for o in g.outputs]
 
     def _check_in_arena(self, step: _Step, resident: dict[str, torch.Tensor]) -> None:
@@ -229,23 +265,32 @@ class TorchExecutor:
                 raise RuntimeError(f"after plan step {step.index}: {name!r} is resident outside the arena")
 
     def _compute(self, step: _Step, resident: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
-                 done: set[str]) -> None:
+                 done: set[str], outputs: dict[str, torch.Tensor]) -> None:
         op = self.graph.op(step.name)
         try:
             args = [resident[t] if t in self.tracked else values[t] for t in op.inputs]
         except KeyError as e:
             raise BadInput(f"plan step {step.index}: {op.name!r} reads {e.args[0]!r}, which is not resident") from None
         tracked_in = [t for t in op.inputs if t in self.tracked]
-        self._order.before("compute", tracked_in, step.views)
-        transient = self._writers[op.name](args, [v for _, v in step.views], self.arena)
-        self._order.after("compute", tracked_in, step.views)
+        writer = self._writers[op.name]
+        views = [v if v is not None or writer.out_call is None else self._fresh(n) for n, v in step.views]
+        self._order.before("compute", tracked_in, [(n, v) for (n, _), v in zip(step.views, views) if v is not None])
+        transient, results = writer(args, views, self.arena)
+        written = list(zip([n for n, _ in step.views], results))
+        self._order.after("compute", tracked_in, [(n, v) for n, v in written if n not in self.outside])
+        outputs.update((n, v) for n, v in written if n in self.outside)
         st = self.stats
         st.transient_peak_bytes = max(st.transient_peak_bytes, transient)
         (st.direct_ops if self._writers[op.name].direct else st.copied_ops).add(op.name)
         st.computes += 1
         st.recomputes += op.name in done
         done.add(op.name)
-        resident.update(step.views)
+        resident.update(written)
+
+    def _fresh(self, name: str) -> torch.Tensor:
+        """A new tensor for an output `outside` the arena, which its producer writes into."""
+        t = self.graph.tensors[name]
+        return torch.empty(t.shape, dtype=_dtype(t.dtype), device=self.device)
 
     def _load(self, step: _Step, resident: dict[str, torch.Tensor], slow: dict[str, torch.Tensor]) -> None:
         name, view = step.views[0]
@@ -279,16 +324,19 @@ class _Writer:
     overload, a torch function taking `out=`, or the torch twin of a Python operator) is
     tried once with `out=view`; if that raises, or the result is not the view, the op
     falls back for good to computing a fresh result and copying it in. Fused groups and
-    multi-output ops always take the copy path."""
+    multi-output ops always take the copy path. A view given as None (an output outside
+    the arena) takes the fresh result itself, copied only when it shares an input's bytes."""
 
     def __init__(self, op: Op):
         self.op = op
         self.out_call = _out_form(op)
         self.direct = False  # the last call wrote in place
 
-    def __call__(self, args: list[torch.Tensor], views: list[torch.Tensor], arena: torch.Tensor) -> int:
-        """Runs the op into `views`; returns the bytes it computed outside the arena."""
-        if self.out_call is not None:
+    def __call__(self, args: list[torch.Tensor], views: list[torch.Tensor | None],
+                 arena: torch.Tensor) -> tuple[int, list[torch.Tensor]]:
+        """Runs the op into `views`; returns the bytes it computed outside the arena that were
+        copied in (the transient), and the tensors now holding its outputs."""
+        if self.out_call is not None and views[0] is not None:
             fn, call_args, call_kwargs = self.out_call
             try:
                 result = fn(*_fill(call_args, args), **dict(zip(call_kwargs, _fill(list(call_kwargs.values()), args))),
@@ -298,17 +346,22 @@ class _Writer:
             if isinstance(result, torch.Tensor) and result.data_ptr() == views[0].data_ptr() \
                     and result.shape == views[0].shape:
                 self.direct = True
-                return 0
+                return 0, views
             self.out_call = None  # never again: compute and copy
         self.direct = False
         results = self.op.fn(*args)  # type: ignore[misc]
         lo, hi = arena.data_ptr(), arena.data_ptr() + arena.numel()
-        transient = 0
+        shared = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+        transient, held = 0, []
         for view, r in zip(views, results):
+            if view is None:  # outside the arena: the result is the output, unless it is a view of an input
+                held.append(r.clone() if r.untyped_storage().data_ptr() in shared else r)
+                continue
             if not lo <= r.data_ptr() < hi:  # a result sharing arena bytes (a transpose of an input) is no allocation
                 transient += r.numel() * r.element_size()
             view.copy_(r.reshape(view.shape) if r.shape != view.shape else r)
-        return transient
+            held.append(view)
+        return transient, held
 
 
 def _out_form(op: Op) -> tuple[Callable[..., Any], tuple, dict] | None:
@@ -324,9 +377,31 @@ def _out_form(op: Op) -> tuple[Callable[..., Any], tuple, dict] | None:
         target = getattr(target.overloadpacket, "out", None)
     else:
         target = _OUT_TWINS.get(target, target)
+        if not _takes_out(target):
+            return None
     if target is None or not callable(target) or "out" in kwargs:
         return None
     return target, args, kwargs
+
+
+def _takes_out(fn: Any) -> bool:
+    """Whether a torch-level callable has an out= form: a builtin (Python functions such as
+    F.relu take no out=) whose ATen op of the same name has an out overload (conv2d has none)."""
+    if not isinstance(fn, types.BuiltinFunctionType):
+        return False
+    packet = getattr(torch.ops.aten, getattr(fn, "__name__", ""), None)
+    return packet is not None and any(o == "out" or o.endswith("_out") for o in packet.overloads())
+
+
+def transient_reserve(graph: Graph, outside: Collection[str] = ()) -> int:
+    """The most bytes one op computes outside the arena and copies in: the op's outputs
+    (those in the arena) when its callable has no out= form, so it exists twice at its step.
+
+    The prediction a planner takes out of the budget; `Stats.transient_peak_bytes` is what
+    a run measured (more only if an out= call fails at run time and the op falls back)."""
+    out = set(outside)
+    return max([0] + [sum(graph.tensors[o].nbytes for o in op.outputs if o not in out) for op in graph.ops
+                      if _out_form(op) is None])
 
 
 def _fill(args: Any, values: list[torch.Tensor]) -> list[Any]:
