@@ -12,7 +12,9 @@ Options (all optional; the dict is never modified):
     memory_budget  bytes (int), a size ("2GiB", "500MB") or "M_R" / "M_H" / "M_P";
                    default "M_P", the least memory with no spill traffic. Bytes cover all
                    a call allocates: the arena, the largest transient (an op with no out=
-                   form computes a fresh result, copied in) and the graph's outputs.
+                   form computes a fresh result, copied in) and the graph's outputs (the
+                   capacity left for the arena assumes both at once; the planned peak
+                   replays the plan, so it can be less).
                    M_R / M_H / M_P are the bounds of the arena (outputs live outside it),
                    to which the transient and the outputs add. It applies to ONE captured
                    graph; a graph break makes several graphs, each with this budget, so
@@ -253,15 +255,17 @@ def side_effect(gm: Any) -> str | None:
 
     from planner.frontends.fx_rewrites import written_by
 
+    for n in gm.graph.nodes:  # batch norm first: its counter's add_ would be a less telling reason
+        stats = _updated_statistics(gm, n)
+        if stats is not None:
+            return f"batch norm {n.name!r} runs in training mode and updates its running statistics {stats!r}"
     for n in gm.graph.nodes:
         written = written_by(n)
         if written is not None:
             root = _alias_root(written)
             if root.op in ("placeholder", "get_attr"):
-                return f"{n.name!r} writes in place into the graph input {root.name!r}"
-        stats = _updated_statistics(gm, n)
-        if stats is not None:
-            return f"batch norm {n.name!r} runs in training mode and updates its running statistics {stats!r}"
+                what = "buffer" if root.op == "get_attr" or _is_parameter(root, None) else "graph input"
+                return f"{n.name!r} writes in place into the {what} {root.name!r}"
     out = next(n for n in gm.graph.nodes if n.op == "output")
     flat: list[Any] = []
     from torch.fx.node import map_aggregate
@@ -415,26 +419,33 @@ class PlannedGraph:
     token residencies, see `runtime.torch_executor`; `plan.extra["budgets"]` holds the
     arena's M_R/M_P/M_H), `executor` (its `stats` after a call), `transient_bytes` (the
     largest op result computed outside the arena and copied in), `output_bytes`,
-    `planned_peak_bytes` (arena + transient + outputs: what a call allocates),
+    `planned_peak_bytes` (what a call allocates: arena, outputs, a transient),
     `lowering_seconds`, `planning_seconds` (0 when `cached`), `budget` as given;
     `summary()` says it all, including what the plan moved.
     """
 
-    def __init__(self, lowered: Any, plan: Any, outside: set[str], transient_bytes: int, input_slots: list[int],
+    def __init__(self, lowered: Any, plan: Any, outside: set[str], outputs: set[str], transient_bytes: int,
+                 input_slots: list[int],
                  weight_slots: dict[str, int], tuple_output: bool, lowering_seconds: float,
                  planning_seconds: float, cached: bool, budget: int | str, device: Any):
         self.lowered, self.plan, self.outside = lowered, plan, outside
         self.transient_bytes = transient_bytes
-        self.output_bytes = sum(lowered.graph.tensors[o].nbytes for o in outside)
+        self.output_bytes = sum(lowered.graph.tensors[o].nbytes for o in outputs)
         self.input_slots, self.weight_slots, self.tuple_output = input_slots, weight_slots, tuple_output
         self.lowering_seconds, self.planning_seconds, self.cached = lowering_seconds, planning_seconds, cached
         self.budget, self.device = budget, device
         self.executor: Any = None
+        self._peak: int | None = None
 
     @property
     def planned_peak_bytes(self) -> int:
-        """Bytes a call allocates at most: the arena, the largest transient, the outputs."""
-        return self.plan.metrics.arena_bytes + self.transient_bytes + self.output_bytes
+        """Bytes a call allocates at most: the arena, plus at the worst step the outputs made
+        so far and that step's transient (`runtime.torch_executor.planned_peak`)."""
+        from planner.runtime.torch_executor import planned_peak
+
+        if self._peak is None:
+            self._peak = planned_peak(self.plan, self.lowered.graph, self.outside)
+        return self._peak
 
     @staticmethod
     def compile(gm: Any, example_inputs: list, opts: Options, params: list[int], *,
@@ -452,10 +463,11 @@ class PlannedGraph:
                                  name=type(gm).__name__, specialize=specialize)
         lowering = time.perf_counter() - t0
         graph = low.graph
-        outside = {graph.base(o) for o in graph.outputs}
+        outputs = {graph.base(o) for o in graph.outputs}
+        outside = outputs | set(graph.inputs)  # read and written where the caller has them, never copied
         arena_graph = _arena_graph(graph, outside)
         transient = transient_reserve(graph, outside)
-        around = transient + sum(graph.tensors[o].nbytes for o in outside)  # what the arena's capacity leaves out
+        around = transient + sum(graph.tensors[o].nbytes for o in outputs)  # what the arena's capacity leaves out
         budget = opts.memory_budget
         capacity = budget - around if isinstance(budget, int) else budget
         solver = opts.solver or ("auto" if len(graph.ops) <= _BIG_GRAPH else "baseline")
@@ -475,7 +487,7 @@ class PlannedGraph:
         device = next((x.device for x in example_inputs if hasattr(x, "device")), None)
         slot = {n.name: k for k, n in enumerate(placeholders)}
         out = next(n for n in gm.graph.nodes if n.op == "output")
-        compiled = PlannedGraph(low, plan, outside, transient, [slot[i] for i in graph.inputs],
+        compiled = PlannedGraph(low, plan, outside, outputs, transient, [slot[i] for i in graph.inputs],
                                 {n: slot[n] for n in low.weights if n in slot}, isinstance(out.args[0], (tuple, list)),
                                 lowering, planning, cached, budget, device)
         log.info("planner: %s", compiled.describe())
@@ -524,18 +536,18 @@ class PlannedGraph:
         mb = (lambda b: f"{b / 1e6:.2f} MB")
         shapes = ", ".join(f"{n} {tuple(v)}" for n, v in s["inputs"].items())
         moved = f"moved {mb(s['moved_bytes'])}" + (f" ({', '.join(sorted(s['moved']))})" if s["moved"] else "")
-        gap = "" if s["gap"] is None else f", gap {100 * s['gap']:.1f}%"
+        gap = ", no bound" if s["gap"] is None else f", gap {100 * s['gap']:.1f}%"
         return (f"{s['graph']} [{shapes}]: {s['ops']} ops, budget {s['budget']} -> planned peak "
-                f"{mb(s['planned_peak_bytes'])} = arena {mb(s['arena_bytes'])} + transient {mb(s['transient_bytes'])}"
-                f" + outputs {mb(s['output_bytes'])}; {moved}"
+                f"{mb(s['planned_peak_bytes'])} (arena {mb(s['arena_bytes'])}, largest transient {mb(s['transient_bytes'])},"
+                f" outputs {mb(s['output_bytes'])}); {moved}"
                 + (f", recomputed {', '.join(s['recomputed'])}" if s["recomputed"] else "")
                 + f"; solver {s['solver']} ({s['status']}{gap}); lowered in {s['lowering_seconds']:.2f} s, "
                 f"planned in {s['planning_seconds']:.2f} s" + (" (cached plan)" if s["cached"] else ""))
 
 
 def _arena_graph(graph: Any, outside: set[str]) -> Any:
-    """`graph` as the arena sees it: each graph output takes a token of one byte (its
-    bytes live outside the arena, allocated by the run), which still orders its readers."""
+    """`graph` as the arena sees it: each graph input and output takes a token of one byte
+    (its bytes are the caller's, or allocated by the run), which still orders its readers."""
     tensors = {n: dataclasses.replace(t, nbytes=1) if n in outside else t for n, t in graph.tensors.items()}
     return dataclasses.replace(graph, tensors=tensors)
 

@@ -17,11 +17,12 @@ offset. Each run then replays the steps:
 - store: copy the view to its slow copy (a graph output goes to a fresh tensor that the
   run returns: outputs outlive the run, so they cannot live in the arena); storing an
   input or a weight, whose slow copy is already valid, moves nothing;
-- tensors named in `outside` (graph outputs, as `frontends.dynamo` plans them) never enter
-  the arena: the plan gives each a token residency (any size) that orders its readers,
-  and the run allocates the tensor itself when its producer computes, which writes into
-  it (out=) or hands over its fresh result; loads and stores of it move nothing. Nothing
-  is copied out of the arena and an output's bytes exist once;
+- tensors named in `outside` (graph inputs and outputs, as `frontends.dynamo` plans them)
+  never enter the arena: the plan gives each a token residency (any size) that orders its
+  readers. An input is read where the caller keeps it; an output is allocated by the run
+  when its producer computes, which writes into it (out=) or hands over its fresh result.
+  Loads and stores of them move nothing: nothing is copied into or out of the arena, and
+  their bytes exist once;
 - free: drop the name's mapping; its bytes are the next tenant's.
 
 A recompute is a second compute step: the op simply runs again.
@@ -39,7 +40,8 @@ no-op: the same loop runs, which is how the tests cover it.
     ex.stats.transient_peak_bytes  # what ran outside the arena
 
 `transient_reserve(graph, outside)` predicts that transient before planning (the ops whose
-callable has no out= form), so a caller can take it out of the budget.
+callable has no out= form), so a caller can take it out of the budget;
+`planned_peak(plan, graph, outside)` is what a run of the plan allocates at most.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ from planner.errors import BadInput
 from planner.ir import Graph, Op
 from planner.plan import Plan
 
-__all__ = ["TorchExecutor", "Stats", "transient_reserve"]
+__all__ = ["TorchExecutor", "Stats", "transient_reserve", "planned_peak"]
 
 # Python operators and functional forms whose out= twin is a torch function.
 _OUT_TWINS: dict[Any, Callable[..., Any]] = {operator.add: torch.add, operator.sub: torch.sub,
@@ -101,8 +103,8 @@ class TorchExecutor:
     graph : the lowered graph.
     weights : weight name -> tensor on `device` (e.g. `Lowered.weights`).
     device : where the arena lives; default: the device of the first weight, else the CPU.
-    outside : graph outputs (bases) the plan gives token residencies: they are allocated
-        per run, outside the arena, and written in place (see the module docstring).
+    outside : graph inputs and outputs (bases) the plan gives token residencies: inputs are
+        read in place, outputs allocated per run and written in place (module docstring).
     arena : a uint8 buffer on `device` to run in (its first bytes), shared by several
         executors that never run at once; default: a new one of the plan's extent.
 
@@ -144,9 +146,9 @@ class TorchExecutor:
     # set-up ---------------------------------------------------------------------------------
     def _check(self) -> None:
         g = self.graph
-        bases = {g.base(o) for o in g.outputs}
-        if not self.outside <= bases:
-            raise BadInput(f"outside: {sorted(self.outside - bases)[0]!r} is not a graph output")
+        ends = {g.base(o) for o in g.outputs} | set(g.inputs)
+        if not self.outside <= ends:
+            raise BadInput(f"outside: {sorted(self.outside - ends)[0]!r} is not a graph input or output")
         for name, planned in self.tracked.items():
             t = g.tensors.get(name)
             if t is None:
@@ -232,16 +234,17 @@ class TorchExecutor:
         with torch.no_grad():
             outputs = {o: torch.empty(g.tensors[o].shape, dtype=_dtype(g.tensors[o].dtype), device=self.device)
                        for o in {g.base(o) for o in g.outputs} - self.outside}  # before the ordering: see _Ordering
+            fresh: dict[str, torch.Tensor] = {}  # outputs outside the arena, as their producers make them
             self._order.begin()
             slow: dict[str, torch.Tensor] = {**values, **dict(zip(g.inputs, inputs)), **self._host}
             resident: dict[str, torch.Tensor] = {}
             done: set[str] = set()
             for step in self._steps:
                 if step.kind == "compute":
-                    self._compute(step, resident, values, done, outputs)
-                elif step.name in self.outside:  # its one copy is where its producer put it
+                    self._compute(step, resident, values, done, fresh)
+                elif step.name in self.outside:  # its one copy is the caller's input, or where its producer put it
                     if step.kind == "load":
-                        resident[step.name] = outputs[step.name]
+                        resident[step.name] = fresh[step.name] if step.name in fresh else slow[step.name]
                     elif step.kind == "free":
                         resident.pop(step.name, None)
                 elif step.kind == "load":
@@ -254,6 +257,7 @@ class TorchExecutor:
                 if check_arena:
                     self._check_in_arena(step, resident)
             self._order.end()
+        outputs.update(fresh)
         st.output_bytes = sum(v.numel() * v.element_size() for v in outputs.values())
         return [outputs[o] if o not in g.views else outputs[g.base(o)].reshape(g.views[o].shape) for o in g.outputs]
 
@@ -265,7 +269,7 @@ class TorchExecutor:
                 raise RuntimeError(f"after plan step {step.index}: {name!r} is resident outside the arena")
 
     def _compute(self, step: _Step, resident: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
-                 done: set[str], outputs: dict[str, torch.Tensor]) -> None:
+                 done: set[str], fresh: dict[str, torch.Tensor]) -> None:
         op = self.graph.op(step.name)
         try:
             args = [resident[t] if t in self.tracked else values[t] for t in op.inputs]
@@ -278,7 +282,7 @@ class TorchExecutor:
         transient, results = writer(args, views, self.arena)
         written = list(zip([n for n, _ in step.views], results))
         self._order.after("compute", tracked_in, [(n, v) for n, v in written if n not in self.outside])
-        outputs.update((n, v) for n, v in written if n in self.outside)
+        fresh.update((n, v) for n, v in written if n in self.outside)
         st = self.stats
         st.transient_peak_bytes = max(st.transient_peak_bytes, transient)
         (st.direct_ops if self._writers[op.name].direct else st.copied_ops).add(op.name)
@@ -377,6 +381,11 @@ def _out_form(op: Op) -> tuple[Callable[..., Any], tuple, dict] | None:
         target = getattr(target.overloadpacket, "out", None)
     else:
         target = _OUT_TWINS.get(target, target)
+        if not isinstance(target, types.BuiltinFunctionType):  # a Tensor method or a Python function (F.relu)
+            name = getattr(target, "name", getattr(target, "__name__", ""))  # its builtin twin of the same name
+            target = getattr(torch._C._nn, name, None) or getattr(torch, name, None)
+            if kwargs.get("inplace", True) is False:
+                kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
         if not _takes_out(target):
             return None
     if target is None or not callable(target) or "out" in kwargs:
@@ -402,6 +411,35 @@ def transient_reserve(graph: Graph, outside: Collection[str] = ()) -> int:
     out = set(outside)
     return max([0] + [sum(graph.tensors[o].nbytes for o in op.outputs if o not in out) for op in graph.ops
                       if _out_form(op) is None])
+
+
+def planned_peak(plan: Plan, graph: Graph, outside: Collection[str] = ()) -> int:
+    """The most bytes a run of `plan` allocates at once, replaying what `TorchExecutor.run`
+    does: the arena (its extent), the graph outputs it returns (those in `outside` from
+    their producer's step on, the others from the start), and at each compute the op's
+    transient when it takes the copy path. Kernel workspaces are not counted."""
+    out, ends = set(outside), {graph.base(o) for o in graph.outputs}
+    sizes = {t.name: t.nbytes for t in plan.tensors}
+    extent = 0
+    for s in plan.steps:
+        if s.kind == "load":
+            extent = max(extent, s.offset + sizes[s.tensor])  # type: ignore[operator,index]
+        elif s.kind == "compute":
+            extent = max([extent] + [off + sizes[t] for t, off in (s.offsets or {}).items()])
+    held = sum(graph.tensors[o].nbytes for o in ends - out)
+    made: set[str] = set()
+    top = held
+    for s in plan.steps:
+        if s.kind != "compute":
+            continue
+        op = graph.op(s.op)  # type: ignore[arg-type]
+        for o in op.outputs:
+            if o in out and o in ends and o not in made:
+                made.add(o)
+                held += graph.tensors[o].nbytes
+        copied = sum(graph.tensors[o].nbytes for o in op.outputs if o not in out) if _out_form(op) is None else 0
+        top = max(top, held + copied)
+    return extent + top
 
 
 def _fill(args: Any, values: list[torch.Tensor]) -> list[Any]:
