@@ -393,6 +393,18 @@ def _out_form(op: Op) -> tuple[Callable[..., Any], tuple, dict] | None:
     return target, args, kwargs
 
 
+# Ops whose result is a view of their input: copying it into the arena allocates nothing.
+_VIEW_OPS = {"transpose", "permute", "t", "expand", "expand_as", "select", "slice", "narrow", "unbind", "split",
+             "split_with_sizes", "chunk", "view", "view_as", "unflatten", "squeeze", "unsqueeze", "alias", "detach",
+             "diagonal", "movedim", "swapaxes"}
+
+
+def _copies(op: Op) -> bool:
+    """Whether running `op` computes a fresh result outside the arena that is copied in:
+    no out= form, and not a view of its input."""
+    return _out_form(op) is None and op.type.rsplit(".", 1)[-1].rstrip("_") not in _VIEW_OPS
+
+
 def _takes_out(fn: Any) -> bool:
     """Whether a torch-level callable has an out= form: a builtin (Python functions such as
     F.relu take no out=) whose ATen op of the same name has an out overload (conv2d has none)."""
@@ -410,7 +422,7 @@ def transient_reserve(graph: Graph, outside: Collection[str] = ()) -> int:
     a run measured (more only if an out= call fails at run time and the op falls back)."""
     out = set(outside)
     return max([0] + [sum(graph.tensors[o].nbytes for o in op.outputs if o not in out) for op in graph.ops
-                      if _out_form(op) is None])
+                      if _copies(op)])
 
 
 def planned_peak(plan: Plan, graph: Graph, outside: Collection[str] = ()) -> int:
@@ -437,7 +449,7 @@ def planned_peak(plan: Plan, graph: Graph, outside: Collection[str] = ()) -> int
             if o in out and o in ends and o not in made:
                 made.add(o)
                 held += graph.tensors[o].nbytes
-        copied = sum(graph.tensors[o].nbytes for o in op.outputs if o not in out) if _out_form(op) is None else 0
+        copied = sum(graph.tensors[o].nbytes for o in op.outputs if o not in out) if _copies(op) else 0
         top = max(top, held + copied)
     return extent + top
 
