@@ -133,8 +133,9 @@ def bench(name: str, shape: tuple[int, ...], device: torch.device, repeats: int,
 
 
 def _held(graphs: list) -> int:
-    """Bytes the planned graphs keep allocated between calls: their arenas and host buffers."""
-    arenas = {id(g.executor.arena): g.executor.arena.numel() for g in graphs}
+    """Bytes the planned graphs keep allocated between calls: their arenas (unless a run
+    released one, which the next call then allocates in the profiled window) and host buffers."""
+    arenas = {id(g.executor.arena): g.executor.arena.untyped_storage().nbytes() for g in graphs}
     return sum(arenas.values()) + sum(g.executor.stats.host_bytes for g in graphs)
 
 

@@ -27,6 +27,13 @@ offset. Each run then replays the steps:
 
 A recompute is a second compute step: the op simply runs again.
 
+Releasing the arena early: when the plan ends with steps that only read the arena and
+write outputs outside it (a language model's logits from its last hidden state), the run
+copies the few arena tensors those steps still read, frees the arena's storage
+(`untyped_storage().resize_(0)`, the views stay valid objects), and the next run
+reallocates it. It is done only when it lowers the run's peak (`planned_peak`): then the
+big last outputs never coexist with the whole arena, as in eager PyTorch.
+
 On CUDA, computes run on the current stream and loads and stores on a side stream.
 Events order them by bytes, not by step: a step waits only for the steps of the other
 stream that last touched the bytes it writes (or wrote the tensor it reads). A load that
@@ -129,10 +136,11 @@ class TorchExecutor:
             if arena is None:
                 arena = torch.empty(self.extent, dtype=torch.uint8, device=self.device)
             self._host = {n: self._host_buffer(n) for n in self._spilled()}
-        self._writers = {op.name: _Writer(op) for op in graph.ops}
+        self._writers = {op.name: _Writer(op, graph) for op in graph.ops}
         self._order: _Ordering | _NoOrdering = _Ordering(CudaLanes(self.device)) \
             if self.device.type == "cuda" else _NoOrdering()
         self.stats = Stats(self.extent, sum(b.numel() * b.element_size() for b in self._host.values()))
+        self.release = _release(plan, graph, self.outside)  # None: the arena is held for the whole run
         self.use_arena(arena)
 
     def use_arena(self, arena: torch.Tensor) -> None:
@@ -142,6 +150,19 @@ class TorchExecutor:
                            f" {self.extent} bytes on {self.device}")
         self.arena = arena
         self._steps = self._compile_steps()
+
+    def _claim_arena(self) -> None:
+        """Gives the arena back its bytes if an earlier run released them."""
+        storage = self.arena.untyped_storage()
+        if storage.nbytes() < self.arena.numel():
+            storage.resize_(self.arena.numel())
+
+    def _release_arena(self, resident: dict[str, torch.Tensor], keep: list[str]) -> None:
+        """Copies out what the rest of the run reads from the arena, then frees its storage."""
+        self._order.end()  # CUDA: the copy lane's work is done before the bytes go back
+        for name in keep:
+            resident[name] = resident[name].clone()
+        self.arena.untyped_storage().resize_(0)
 
     # set-up ---------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -235,11 +256,16 @@ class TorchExecutor:
             outputs = {o: torch.empty(g.tensors[o].shape, dtype=_dtype(g.tensors[o].dtype), device=self.device)
                        for o in {g.base(o) for o in g.outputs} - self.outside}  # before the ordering: see _Ordering
             fresh: dict[str, torch.Tensor] = {}  # outputs outside the arena, as their producers make them
+            self._claim_arena()
             self._order.begin()
             slow: dict[str, torch.Tensor] = {**values, **dict(zip(g.inputs, inputs)), **self._host}
             resident: dict[str, torch.Tensor] = {}
             done: set[str] = set()
-            for step in self._steps:
+            released = False
+            for k, step in enumerate(self._steps):
+                if self.release is not None and k == self.release.start:
+                    self._release_arena(resident, self.release.keep)
+                    released = True
                 if step.kind == "compute":
                     self._compute(step, resident, values, done, fresh)
                 elif step.name in self.outside:  # its one copy is the caller's input, or where its producer put it
@@ -254,7 +280,7 @@ class TorchExecutor:
                 elif step.kind == "free":
                     self._order.free(step.name)
                     resident.pop(step.name, None)
-                if check_arena:
+                if check_arena and not released:
                     self._check_in_arena(step, resident)
             self._order.end()
         outputs.update(fresh)
@@ -331,9 +357,9 @@ class _Writer:
     multi-output ops always take the copy path. A view given as None (an output outside
     the arena) takes the fresh result itself, copied only when it shares an input's bytes."""
 
-    def __init__(self, op: Op):
+    def __init__(self, op: Op, graph: Graph):
         self.op = op
-        self.out_call = _out_form(op)
+        self.out_call = _out_form(op, graph)
         self.direct = False  # the last call wrote in place
 
     def __call__(self, args: list[torch.Tensor], views: list[torch.Tensor | None],
@@ -368,7 +394,7 @@ class _Writer:
         return transient, held
 
 
-def _out_form(op: Op) -> tuple[Callable[..., Any], tuple, dict] | None:
+def _out_form(op: Op, graph: Graph) -> tuple[Callable[..., Any], tuple, dict] | None:
     """(callable taking out=, args, kwargs, where each op input goes) for a single-node op, else None."""
     fn = op.fn
     if not (isinstance(fn, functools.partial) and fn.func is run_steps) or len(op.outputs) != 1:
@@ -377,6 +403,9 @@ def _out_form(op: Op) -> tuple[Callable[..., Any], tuple, dict] | None:
     if len(steps) != 1 or outs != [0]:
         return None
     target, (args, kwargs) = steps[0]
+    pointwise = _pointwise_conv(op, graph, target, args, kwargs)
+    if pointwise is not None:
+        return _conv1x1, pointwise, {}
     if isinstance(target, torch._ops.OpOverload):
         target = getattr(target.overloadpacket, "out", None)
     else:
@@ -399,10 +428,60 @@ _VIEW_OPS = {"transpose", "permute", "t", "expand", "expand_as", "select", "slic
              "diagonal", "movedim", "swapaxes"}
 
 
-def _copies(op: Op) -> bool:
-    """Whether running `op` computes a fresh result outside the arena that is copied in:
-    no out= form, and not a view of its input."""
-    return _out_form(op) is None and op.type.rsplit(".", 1)[-1].rstrip("_") not in _VIEW_OPS
+_CONV2D = {torch.conv2d, torch.nn.functional.conv2d, torch.ops.aten.conv2d.default}
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+
+
+def _pointwise_conv(op: Op, graph: Graph, target: Any, args: tuple, kwargs: dict) -> list | None:
+    """[input, weight, bias, stride] when `target(*args, **kwargs)` is a 2-D convolution with
+    a 1x1 kernel, no padding, one group, on a 4-D input: a matrix product per image, which
+    `_conv1x1` writes into the arena. CPU convolutions have no out= form and a 1x1 one
+    allocates a weight-sized workspace besides its result (ResNet-50's 8 MiB); this way it
+    needs neither (a strided one copies one subsampled image at a time)."""
+    if target not in _CONV2D:
+        return None
+    given = dict(zip(_CONV_ARGS, args)) | kwargs
+    x, w = given.get("input"), given.get("weight")
+    if not (isinstance(x, Ref) and isinstance(w, Ref) and not x.step and not w.step) or \
+            set(given) - set(_CONV_ARGS):
+        return None
+    x_shape = x.shape or graph.tensors[op.inputs[x.index]].shape
+    w_shape = w.shape or graph.tensors[op.inputs[w.index]].shape
+    one = (lambda v, unit: v in (unit, (unit, unit), [unit, unit]))
+    if len(x_shape) != 4 or len(w_shape) != 4 or tuple(w_shape[2:]) != (1, 1) or given.get("groups", 1) != 1 or \
+            not (one(given.get("padding", 0), 0) or given["padding"] == "valid"):
+        return None
+    stride = given.get("stride", 1)
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    return [x, w, given.get("bias"), stride] if len(stride) == 2 and all(isinstance(v, int) for v in stride) else None
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], *,
+             out: torch.Tensor) -> torch.Tensor:
+    """conv2d with a 1x1 kernel and no padding into `out`: weight @ image, per image."""
+    w = weight.reshape(weight.shape[0], -1)
+    if stride != (1, 1):
+        x = x[:, :, ::stride[0], ::stride[1]]
+    for i in range(x.shape[0]):
+        torch.mm(w, x[i].reshape(w.shape[1], -1), out=out[i].view(w.shape[0], -1))
+    if bias is not None:
+        out.add_(bias.view(1, -1, 1, 1))
+    return out
+
+
+def _transient(op: Op, graph: Graph, outside: set[str]) -> int:
+    """Bytes running `op` allocates besides the arena and its outputs outside it: its arena
+    outputs when it computes a fresh result that is copied in (no out= form, not a view of
+    its input); one subsampled image for a strided 1x1 convolution."""
+    form = _out_form(op, graph)
+    if form is None:
+        copied = op.type.rsplit(".", 1)[-1].rstrip("_") not in _VIEW_OPS
+        return sum(graph.tensors[o].nbytes for o in op.outputs if o not in outside) if copied else 0
+    if form[0] is _conv1x1 and form[1][3] != (1, 1):
+        _, _, h, w = graph.tensors[op.outputs[0]].shape
+        x = graph.tensors[op.inputs[form[1][0].index]]
+        return x.nbytes // x.numel * x.shape[1] * h * w
+    return 0
 
 
 def _takes_out(fn: Any) -> bool:
@@ -421,27 +500,78 @@ def transient_reserve(graph: Graph, outside: Collection[str] = ()) -> int:
     The prediction a planner takes out of the budget; `Stats.transient_peak_bytes` is what
     a run measured (more only if an out= call fails at run time and the op falls back)."""
     out = set(outside)
-    return max([0] + [sum(graph.tensors[o].nbytes for o in op.outputs if o not in out) for op in graph.ops
-                      if _copies(op)])
+    return max([0] + [_transient(op, graph, out) for op in graph.ops])
 
 
 def planned_peak(plan: Plan, graph: Graph, outside: Collection[str] = ()) -> int:
     """The most bytes a run of `plan` allocates at once, replaying what `TorchExecutor.run`
-    does: the arena (its extent), the graph outputs it returns (those in `outside` from
-    their producer's step on, the others from the start), and at each compute the op's
-    transient when it takes the copy path. Kernel workspaces are not counted."""
-    out, ends = set(outside), {graph.base(o) for o in graph.outputs}
+    does: the arena (its extent, until it is released), the graph outputs it returns
+    (those in `outside` from their producer's step on, the others from the start), at each
+    compute the op's transient when it takes the copy path, and the copies a release makes.
+    Kernel workspaces are not counted."""
+    return _replay(plan, graph, set(outside), _release(plan, graph, outside))
+
+
+@dataclass(frozen=True)
+class _Tail:
+    """The last steps of a plan, which write nothing into the arena."""
+
+    start: int  # the plan step they start at
+    keep: list[str]  # arena tensors they read: copied out when the arena is released
+
+
+def _release(plan: Plan, graph: Graph, outside: Collection[str]) -> _Tail | None:
+    """The plan's tail when releasing the arena before it lowers the run's peak, else None."""
+    out = set(outside)
     sizes = {t.name: t.nbytes for t in plan.tensors}
-    extent = 0
+    steps = plan.steps
+
+    def writes(s: Any) -> bool:
+        if s.kind == "load":
+            return s.tensor not in out
+        return s.kind == "compute" and any(o in sizes and o not in out for o in graph.op(s.op).outputs)
+    start = len(steps)
+    while start > 0 and not writes(steps[start - 1]):
+        start -= 1
+    if start == len(steps) or start == 0:
+        return None
+    resident: set[str] = set()
+    for s in steps[:start]:
+        if s.kind == "load" and s.tensor not in out:
+            resident.add(s.tensor)  # type: ignore[arg-type]
+        elif s.kind == "compute":
+            resident |= {o for o in graph.op(s.op).outputs if o in sizes and o not in out}  # type: ignore[arg-type]
+        elif s.kind == "free":
+            resident.discard(s.tensor)  # type: ignore[arg-type]
+    read: set[str] = set()
+    for s in steps[start:]:
+        read |= set(graph.op(s.op).inputs) if s.kind == "compute" else {s.tensor}  # type: ignore[arg-type]
+    tail = _Tail(start, sorted(resident & read))
+    return tail if _replay(plan, graph, out, tail) < _replay(plan, graph, out, None) else None
+
+
+def _replay(plan: Plan, graph: Graph, out: set[str], tail: _Tail | None) -> int:
+    """`planned_peak` for a given choice of releasing the arena (tail) or not (None)."""
+    ends = {graph.base(o) for o in graph.outputs}
+    sizes = {t.name: t.nbytes for t in plan.tensors}
+    arena = 0
     for s in plan.steps:
         if s.kind == "load":
-            extent = max(extent, s.offset + sizes[s.tensor])  # type: ignore[operator,index]
+            arena = max(arena, s.offset + sizes[s.tensor])  # type: ignore[operator,index]
         elif s.kind == "compute":
-            extent = max([extent] + [off + sizes[t] for t, off in (s.offsets or {}).items()])
+            arena = max([arena] + [off + sizes[t] for t, off in (s.offsets or {}).items()])
     held = sum(graph.tensors[o].nbytes for o in ends - out)
     made: set[str] = set()
-    top = held
-    for s in plan.steps:
+    kept: set[str] = set()
+    top = arena + held
+    for k, s in enumerate(plan.steps):
+        if tail is not None and k == tail.start:
+            copies = sum(graph.tensors[t].nbytes for t in tail.keep)
+            top = max(top, arena + held + copies)
+            arena, held, kept = 0, held + copies, set(tail.keep)
+        if s.kind == "free" and s.tensor in kept:
+            kept.discard(s.tensor)  # type: ignore[arg-type]
+            held -= graph.tensors[s.tensor].nbytes  # type: ignore[index]
         if s.kind != "compute":
             continue
         op = graph.op(s.op)  # type: ignore[arg-type]
@@ -449,9 +579,8 @@ def planned_peak(plan: Plan, graph: Graph, outside: Collection[str] = ()) -> int
             if o in out and o in ends and o not in made:
                 made.add(o)
                 held += graph.tensors[o].nbytes
-        copied = sum(graph.tensors[o].nbytes for o in op.outputs if o not in out) if _copies(op) else 0
-        top = max(top, held + copied)
-    return extent + top
+        top = max(top, arena + held + _transient(op, graph, out))
+    return top
 
 
 def _fill(args: Any, values: list[torch.Tensor]) -> list[Any]:
