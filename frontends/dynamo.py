@@ -48,6 +48,14 @@ eager PyTorch does. Bad options and budgets below M_R (`planner.errors.Infeasibl
 naming the op that needs the most and that minimum) raise their one-line planner error
 when the compiled function is called, not as dynamo's BackendCompilerFailed.
 
+How a call uses memory (`runtime.torch_executor`): one arena per captured graph (shared by
+its shapes) holds the intermediate tensors; inputs are read where the caller keeps them
+and outputs are written straight into the tensors returned, so neither is copied into or
+out of the arena; an op with no out= form computes a fresh result that is copied in (the
+transient the budget reserves); when the plan ends with ops that only write outputs, the
+arena is released before them (a language model's logits never sit beside it). Kernel
+workspaces (oneDNN's weight reorders, im2col buffers) are not planned.
+
 Planning is reported: each planned shape is a `PlannedGraph` (plan, seconds spent lowering
 and planning, cache hit, `summary()`: budget, planned peak, moved bytes and what moved,
 solver gap), listed by `compiled_graphs()` and logged on the "planner.dynamo" logger at
@@ -65,7 +73,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["planner_backend", "PlannedGraph", "PlannedFunction", "compiled_graphs", "clear_cache"]
+__all__ = ["planner_backend", "PlannedGraph", "PlannedFunction", "side_effect", "compiled_graphs", "clear_cache"]
 
 log = logging.getLogger("planner.dynamo")
 
@@ -252,6 +260,7 @@ def side_effect(gm: Any) -> str | None:
     statistics; an output that is an input or weight or a view of one (the caller would
     get a copy where eager gives an alias)."""
     from torch.fx import Node
+    from torch.fx.node import map_aggregate
 
     from planner.frontends.fx_rewrites import written_by
 
@@ -268,8 +277,6 @@ def side_effect(gm: Any) -> str | None:
                 return f"{n.name!r} writes in place into the {what} {root.name!r}"
     out = next(n for n in gm.graph.nodes if n.op == "output")
     flat: list[Any] = []
-    from torch.fx.node import map_aggregate
-
     map_aggregate(out.args[0], flat.append)
     for k, o in enumerate(flat):
         if isinstance(o, Node):
@@ -282,9 +289,9 @@ def side_effect(gm: Any) -> str | None:
 
 def _alias_root(n: Any) -> Any:
     """The node whose storage `n` may share, following view-like ops back."""
-    from planner.frontends.fx_rules import ALIASING, canon
-
     from torch.fx import Node
+
+    from planner.frontends.fx_rules import ALIASING, canon
 
     while n.op in ("call_function", "call_method") and canon(n) in ALIASING and n.args \
             and isinstance(n.args[0], Node):

@@ -32,7 +32,11 @@ write outputs outside it (a language model's logits from its last hidden state),
 copies the few arena tensors those steps still read, frees the arena's storage
 (`untyped_storage().resize_(0)`, the views stay valid objects), and the next run
 reallocates it. It is done only when it lowers the run's peak (`planned_peak`): then the
-big last outputs never coexist with the whole arena, as in eager PyTorch.
+big last outputs never coexist with the whole arena, as in eager PyTorch. Likewise the
+arena shrinks in place (`resize_` to the highest byte any later residency reaches) where
+that at least halves it and saves 256 KiB: a CNN's late layers, whose tensors are small,
+then run beside a small arena, and kernel workspaces there (oneDNN reorders weights of
+several MiB) do not sit on top of the early layers' bytes.
 
 On CUDA, computes run on the current stream and loads and stores on a side stream.
 Events order them by bytes, not by step: a step waits only for the steps of the other
@@ -141,6 +145,7 @@ class TorchExecutor:
             if self.device.type == "cuda" else _NoOrdering()
         self.stats = Stats(self.extent, sum(b.numel() * b.element_size() for b in self._host.values()))
         self.release = _release(plan, graph, self.outside)  # None: the arena is held for the whole run
+        self.shrinks = _shrinks(plan, self.outside, self.release)  # where the arena gets smaller, in order
         self.use_arena(arena)
 
     def use_arena(self, arena: torch.Tensor) -> None:
@@ -156,6 +161,13 @@ class TorchExecutor:
         storage = self.arena.untyped_storage()
         if storage.nbytes() < self.arena.numel():
             storage.resize_(self.arena.numel())
+
+    def _shrink_arena(self, size: int) -> None:
+        """Keeps the arena's first `size` bytes (all that later steps use): the storage is
+        reallocated smaller, its live bytes copied, and the views follow it."""
+        self._order.end()  # CUDA: both lanes' work on the old bytes is done,
+        self.arena.untyped_storage().resize_(size)
+        self._order.begin()  # and the ordering starts afresh on the new ones
 
     def _release_arena(self, resident: dict[str, torch.Tensor], keep: list[str]) -> None:
         """Copies out what the rest of the run reads from the arena, then frees its storage."""
@@ -262,7 +274,12 @@ class TorchExecutor:
             resident: dict[str, torch.Tensor] = {}
             done: set[str] = set()
             released = False
+            shrinks = iter(self.shrinks)
+            shrink = next(shrinks, None)
             for k, step in enumerate(self._steps):
+                if shrink is not None and k == shrink.step:
+                    self._shrink_arena(shrink.size)
+                    shrink = next(shrinks, None)
                 if self.release is not None and k == self.release.start:
                     self._release_arena(resident, self.release.keep)
                     released = True
@@ -406,6 +423,9 @@ def _out_form(op: Op, graph: Graph) -> tuple[Callable[..., Any], tuple, dict] | 
     pointwise = _pointwise_conv(op, graph, target, args, kwargs)
     if pointwise is not None:
         return _conv1x1, pointwise, {}
+    norm = _eval_batch_norm_args(target, args, kwargs)
+    if norm is not None:
+        return _eval_batch_norm, norm, {}
     if isinstance(target, torch._ops.OpOverload):
         target = getattr(target.overloadpacket, "out", None)
     else:
@@ -469,6 +489,38 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s
     return out
 
 
+_BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+
+
+def _eval_batch_norm_args(target: Any, args: tuple, kwargs: dict) -> list | None:
+    """[input, mean, var, weight, bias, eps] for F.batch_norm in eval mode (training a
+    constant False, statistics given), which `_eval_batch_norm` writes into the arena:
+    torch's batch norm has no out= form, so it would take the copy path."""
+    if target is not torch.nn.functional.batch_norm:
+        return None
+    given = dict(zip(_BN_ARGS, args)) | kwargs
+    if set(given) - set(_BN_ARGS) or given.get("training", False) is not False or \
+            given.get("running_mean") is None or given.get("running_var") is None:
+        return None
+    return [given["input"], given["running_mean"], given["running_var"], given.get("weight"), given.get("bias"),
+            given.get("eps", 1e-5)]
+
+
+def _eval_batch_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None,
+                     bias: torch.Tensor | None, eps: float, *, out: torch.Tensor) -> torch.Tensor:
+    """Eval-mode batch norm into `out`: x * scale + shift, with per-channel scale and shift
+    made from the statistics at each call (so later updates to them are seen)."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    torch.mul(x, scale.view(shape), out=out)
+    return out.add_(shift.view(shape))
+
+
 def _transient(op: Op, graph: Graph, outside: set[str]) -> int:
     """Bytes running `op` allocates besides the arena and its outputs outside it: its arena
     outputs when it computes a fresh result that is copied in (no out= form, not a view of
@@ -509,7 +561,8 @@ def planned_peak(plan: Plan, graph: Graph, outside: Collection[str] = ()) -> int
     (those in `outside` from their producer's step on, the others from the start), at each
     compute the op's transient when it takes the copy path, and the copies a release makes.
     Kernel workspaces are not counted."""
-    return _replay(plan, graph, set(outside), _release(plan, graph, outside))
+    release = _release(plan, graph, outside)
+    return _replay(plan, graph, set(outside), release, _shrinks(plan, outside, release))
 
 
 @dataclass(frozen=True)
@@ -547,11 +600,48 @@ def _release(plan: Plan, graph: Graph, outside: Collection[str]) -> _Tail | None
     for s in steps[start:]:
         read |= set(graph.op(s.op).inputs) if s.kind == "compute" else {s.tensor}  # type: ignore[arg-type]
     tail = _Tail(start, sorted(resident & read))
-    return tail if _replay(plan, graph, out, tail) < _replay(plan, graph, out, None) else None
+    return tail if _replay(plan, graph, out, tail, []) < _replay(plan, graph, out, None, []) else None
 
 
-def _replay(plan: Plan, graph: Graph, out: set[str], tail: _Tail | None) -> int:
-    """`planned_peak` for a given choice of releasing the arena (tail) or not (None)."""
+@dataclass(frozen=True)
+class _Shrink:
+    step: int  # before this plan step
+    size: int  # the arena keeps its first `size` bytes
+
+
+_MIN_SHRINK = 2**18  # bytes a shrink must save: each costs a reallocation and a copy of the live bytes
+
+
+def _shrinks(plan: Plan, outside: Collection[str], release: _Tail | None) -> list[_Shrink]:
+    """Where the arena can keep only the bytes later steps reach, each time halving it (and
+    saving at least _MIN_SHRINK), before the tail release if there is one."""
+    out = set(outside)
+    sizes = {t.name: t.nbytes for t in plan.tensors}
+    steps = plan.steps
+    n = len(steps)
+    tops: dict[str, int] = {}
+    reach = [0] * (n + 1)  # reach[k]: the highest byte of a residency that ends after step k - 1
+    for k, st in enumerate(steps):
+        if st.kind == "load" and st.tensor not in out:
+            tops[st.tensor] = st.offset + sizes[st.tensor]  # type: ignore[index,operator]
+        elif st.kind == "compute":
+            tops.update((t, off + sizes[t]) for t, off in (st.offsets or {}).items() if t not in out)
+        elif st.kind == "free" and st.tensor in tops:
+            reach[k] = max(reach[k], tops.pop(st.tensor))  # type: ignore[arg-type]
+    reach[n] = max([0] + list(tops.values()))
+    for k in range(n - 1, -1, -1):
+        reach[k] = max(reach[k], reach[k + 1])
+    size, found = reach[0], []
+    for k in range(1, release.start if release is not None else n):
+        if reach[k] <= size // 2 and size - reach[k] >= _MIN_SHRINK:
+            size = reach[k]
+            found.append(_Shrink(k, size))
+    return found
+
+
+def _replay(plan: Plan, graph: Graph, out: set[str], tail: _Tail | None, shrinks: list[_Shrink]) -> int:
+    """`planned_peak` for a given choice of releasing the arena (tail) or not (None), and of
+    shrinking it."""
     ends = {graph.base(o) for o in graph.outputs}
     sizes = {t.name: t.nbytes for t in plan.tensors}
     arena = 0
@@ -564,7 +654,11 @@ def _replay(plan: Plan, graph: Graph, out: set[str], tail: _Tail | None) -> int:
     made: set[str] = set()
     kept: set[str] = set()
     top = arena + held
+    smaller = {x.step: x.size for x in shrinks}
     for k, s in enumerate(plan.steps):
+        if k in smaller:  # the new storage is allocated before the old one goes
+            top = max(top, arena + held + smaller[k])
+            arena = smaller[k]
         if tail is not None and k == tail.start:
             copies = sum(graph.tensors[t].nbytes for t in tail.keep)
             top = max(top, arena + held + copies)
@@ -703,8 +797,9 @@ class _Ordering:
             self.last[name] = {lane: event}
 
     def free(self, name: str) -> None:
-        lo, hi = self.where.pop(name)
-        self.freed.append((lo, hi, self.last.pop(name, {})))
+        span = self.where.pop(name, None)  # None: it was written before the arena shrank (begin() again)
+        if span is not None:
+            self.freed.append((span[0], span[1], self.last.pop(name, {})))
         self.written.pop(name, None)
 
     def on(self, lane: str) -> Any:
