@@ -52,9 +52,12 @@ How a call uses memory (`runtime.torch_executor`): one arena per captured graph 
 its shapes) holds the intermediate tensors; inputs are read where the caller keeps them
 and outputs are written straight into the tensors returned, so neither is copied into or
 out of the arena; an op with no out= form computes a fresh result that is copied in (the
-transient the budget reserves); when the plan ends with ops that only write outputs, the
-arena is released before them (a language model's logits never sit beside it). Kernel
-workspaces (oneDNN's weight reorders, im2col buffers) are not planned.
+transient the budget reserves; 1x1 convolutions and eval-mode batch norm are written in
+place); the arena shrinks where the rest of the plan needs at most half of it, and when
+the plan ends with ops that only write outputs it is released before them (a language
+model's logits never sit beside it); the next call takes it back. Kernel workspaces
+(oneDNN's weight reorders, im2col buffers) are not planned. On the CPU, spilled tensors'
+host buffers are the same RAM: a budget below M_P trades arena bytes for host bytes.
 
 Planning is reported: each planned shape is a `PlannedGraph` (plan, seconds spent lowering
 and planning, cache hit, `summary()`: budget, planned peak, moved bytes and what moved,
