@@ -145,7 +145,7 @@ class TorchExecutor:
             if self.device.type == "cuda" else _NoOrdering()
         self.stats = Stats(self.extent, sum(b.numel() * b.element_size() for b in self._host.values()))
         self.release = _release(plan, graph, self.outside)  # None: the arena is held for the whole run
-        self.shrinks = _shrinks(plan, self.outside, self.release)  # where the arena gets smaller, in order
+        self.shrinks = _shrinks(plan, graph, self.outside, self.release)  # where the arena gets smaller, in order
         self.use_arena(arena)
 
     def use_arena(self, arena: torch.Tensor) -> None:
@@ -562,7 +562,7 @@ def planned_peak(plan: Plan, graph: Graph, outside: Collection[str] = ()) -> int
     compute the op's transient when it takes the copy path, and the copies a release makes.
     Kernel workspaces are not counted."""
     release = _release(plan, graph, outside)
-    return _replay(plan, graph, set(outside), release, _shrinks(plan, outside, release))
+    return _replay(plan, graph, set(outside), release, _shrinks(plan, graph, outside, release))
 
 
 @dataclass(frozen=True)
@@ -612,9 +612,12 @@ class _Shrink:
 _MIN_SHRINK = 2**18  # bytes a shrink must save: each costs a reallocation and a copy of the live bytes
 
 
-def _shrinks(plan: Plan, outside: Collection[str], release: _Tail | None) -> list[_Shrink]:
+def _shrinks(plan: Plan, graph: Graph, outside: Collection[str], release: _Tail | None) -> list[_Shrink]:
     """Where the arena can keep only the bytes later steps reach, each time halving it (and
-    saving at least _MIN_SHRINK), before the tail release if there is one."""
+    saving at least _MIN_SHRINK), before the tail release if there is one. A shrink
+    allocates the smaller storage before the old one goes, so one that would raise the
+    replayed peak is left out: it pays only where later steps allocate what the plan does
+    not see (kernel workspaces)."""
     out = set(outside)
     sizes = {t.name: t.nbytes for t in plan.tensors}
     steps = plan.steps
@@ -632,8 +635,10 @@ def _shrinks(plan: Plan, outside: Collection[str], release: _Tail | None) -> lis
     for k in range(n - 1, -1, -1):
         reach[k] = max(reach[k], reach[k + 1])
     size, found = reach[0], []
+    peak = _replay(plan, graph, out, release, [])
     for k in range(1, release.start if release is not None else n):
-        if reach[k] <= size // 2 and size - reach[k] >= _MIN_SHRINK:
+        if reach[k] < reach[k - 1] and reach[k] <= size // 2 and size - reach[k] >= _MIN_SHRINK and \
+                _replay(plan, graph, out, release, found + [_Shrink(k, reach[k])]) <= peak:
             size = reach[k]
             found.append(_Shrink(k, size))
     return found
