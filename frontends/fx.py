@@ -106,7 +106,7 @@ def lower_module(module: torch.nn.Module, example_inputs: tuple, *, fuse: bool =
     ------
     UnsupportedModel : torch.export cannot capture the model (data-dependent control flow,
         ...), or an output is an input or a constant, or an op reads a whole tuple.
-    BadInput : a dynamic shape, an empty tensor.
+    BadInput : a dynamic shape, an empty input (empty results are constants).
 
     Examples
     --------
@@ -162,7 +162,7 @@ def load_module(module: torch.nn.Module, example_inputs: tuple, *, fuse: bool = 
 
 def lower_graph_module(gm: GraphModule, example_inputs: list | tuple, *, fuse: bool = False, fold_bn: bool = True,
                        decompose_attention: bool = False, weight_inputs: Collection[int] = (),
-                       name: str | None = None) -> Lowered:
+                       name: str | None = None, specialize: bool = False) -> Lowered:
     """Lowers a GraphModule as torch.compile hands it to a backend (torch-level call_function,
     call_method, call_module and get_attr nodes) or as symbolic_trace makes it.
 
@@ -180,6 +180,9 @@ def lower_graph_module(gm: GraphModule, example_inputs: list | tuple, *, fuse: b
         values constants: batch norm can fold and epilogues fuse, but later updates to them
         (training) are not seen; leave this empty when the values will change.
     name : Graph.name; default "graph_module".
+    specialize : take every size from `example_inputs` (real tensors and ints), ignoring the
+        symbolic sizes dynamo declared on the placeholders: a graph captured with dynamic
+        shapes, lowered for one concrete shape (frontends.dynamo plans each shape it sees).
 
     Returns
     -------
@@ -188,6 +191,7 @@ def lower_graph_module(gm: GraphModule, example_inputs: list | tuple, *, fuse: b
     Raises
     ------
     BadInput : a dynamic shape (compile with dynamic=False), wrong example inputs.
+        Empty tensors (inputs or results) are constants, made from their shape alone.
     UnsupportedModel : an output that is an input or a constant, a non-tensor output,
         an in-place op writing through a view, an op reading a whole tuple.
     """
@@ -196,7 +200,7 @@ def lower_graph_module(gm: GraphModule, example_inputs: list | tuple, *, fuse: b
     placeholders = [n for n in g.nodes if n.op == "placeholder"]
     if len(placeholders) != len(example_inputs):
         raise BadInput(f"{name} has {len(placeholders)} placeholders but {len(example_inputs)} example inputs")
-    declared = [n.meta.get("example_value", n.meta.get("val")) for n in placeholders]
+    declared = [None if specialize else n.meta.get("example_value", n.meta.get("val")) for n in placeholders]
     for node, d in zip(placeholders, declared):
         if isinstance(d, torch.Tensor):
             meta_of(d, f"input {node.name!r}")  # raises on a dynamic dim, naming the input
@@ -210,14 +214,18 @@ def lower_graph_module(gm: GraphModule, example_inputs: list | tuple, *, fuse: b
         prop.propagate(*example_inputs)
     except Exception as e:
         raise BadInput(f"{name} does not run on its example inputs: {_first_line(e.__cause__ or e)}") from e
-    low = _Lowering(g, owner, name)
+    device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
+    low = _Lowering(g, owner, name, device)
     for node in g.nodes:
         if node.op == "output":
             continue
         low.meta[node] = meta_of(node.meta["tensor_meta"] if "tensor_meta" in node.meta
                                   else prop.values.get(node), f"{_role(node)} {node.name!r}")
     for k, node in enumerate(placeholders):
-        if isinstance(low.meta[node], Meta) and k not in weight_inputs:
+        m = low.meta[node]
+        if isinstance(m, Meta) and m.numel == 0:  # no bytes to plan: every empty value of this shape is the same
+            low.values[node] = torch.empty(m.shape, dtype=m.dtype, device=example_inputs[k].device)
+        elif isinstance(m, Meta) and k not in weight_inputs:
             low.inputs.append(node)
         else:
             low.values[node] = example_inputs[k]
@@ -306,8 +314,9 @@ class _Lowering(Rewrites):
     (meta, values, label), then `kind`, what `classify` made of each node, and the rest.
     """
 
-    def __init__(self, g: FxGraph, owner: torch.nn.Module, name: str):
+    def __init__(self, g: FxGraph, owner: torch.nn.Module, name: str, device: torch.device | None = None):
         super().__init__(g, owner, name)
+        self.device = device or torch.device("cpu")  # where empty results (constants) are made
         self.inputs: list[Node] = []
         self.kind: dict[Node, str] = {}  # "input", "const", "view", "item" (of a multi-output op), "op"
         self.root: dict[Node, Node] = {}  # folded view -> the node holding its bytes
@@ -349,6 +358,9 @@ class _Lowering(Rewrites):
                                        " the planner needs static shapes")
             elif not _has_tensor(self.meta.get(n)):
                 self.kind[n], self.values[n] = "const", self.meta.get(n)  # sizes, dtypes, None
+            elif self._is_empty(n):  # its value is its shape alone: a constant (HF caches start as tensor([]))
+                m = self.meta[n]
+                self.kind[n], self.values[n] = "const", torch.empty(m.shape, dtype=m.dtype, device=self.device)
             elif self._is_view(n):
                 src = data_arg(n)
                 self.kind[n], self.root[n] = "view", self.root.get(src, src)  # type: ignore[arg-type]
@@ -361,6 +373,12 @@ class _Lowering(Rewrites):
             if key is not None and n not in same:
                 seen[key] = n
         return [same.get(o, o) for o in outputs]
+
+    def _is_empty(self, n: Node) -> bool:
+        """A tensor with no elements, made by an op with no side effect (in-place ops were
+        made out of place by `functionalize`; random ops are left alone)."""
+        m = self.meta.get(n)
+        return isinstance(m, Meta) and m.numel == 0 and not is_random(n)
 
     def _key(self, n: Node) -> Any:
         """What `n` computes, as a hashable key (None when unhashable): its target and arguments,
@@ -500,7 +518,8 @@ class _Lowering(Rewrites):
         for n in grp.nodes:
             for a in n.all_input_nodes:
                 r = self.root.get(a, a)
-                if r not in inside and isinstance(self.meta.get(r), Meta):
+                m = self.meta.get(r)
+                if r not in inside and isinstance(m, Meta) and m.numel:  # an empty tensor is a constant argument
                     found.append(r)
         return list(dict.fromkeys(found))
 
@@ -581,7 +600,8 @@ class _Lowering(Rewrites):
                 return Ref(step[r], True, shape)
             if r in slot:
                 return Ref(slot[r], False, shape)
-            return self.values[r]  # a constant that is not a tensor
+            value = self.values[r]  # a constant: a number, a size, an empty tensor
+            return value.reshape(shape) if shape is not None and isinstance(value, torch.Tensor) else value
         steps = []
         for k, n in enumerate(grp.nodes):
             args, kwargs = map_arg((n.args, n.kwargs), ref)

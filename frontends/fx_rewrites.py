@@ -74,7 +74,7 @@ class Rewrites:
         """
         order = {n: k for k, n in enumerate(self.g.nodes)}
         for n in list(self.g.nodes):
-            written = self._written(n)
+            written = written_by(n)
             if written is None:
                 continue
             alias = written
@@ -90,23 +90,6 @@ class Rewrites:
                     user.replace_input_with(written, n)
             outputs = [n if o is written else o for o in outputs]
         return outputs
-
-    def _written(self, n: Node) -> Node | None:
-        """The node an in-place op writes (its first argument), else None."""
-        t, first = n.target, n.args[0] if n.args and isinstance(n.args[0], Node) else None
-        if n.op == "call_method":
-            inplace = t.endswith("_") and not t.endswith("__")  # type: ignore[union-attr]
-        elif isinstance(t, torch._ops.OpOverload):
-            args = t._schema.arguments
-            inplace = bool(args) and args[0].alias_info is not None and args[0].alias_info.is_write
-        elif isinstance(t, ModuleCall):
-            inplace = bool(getattr(t.module, "inplace", False))
-        elif n.op == "call_function":
-            inplace = t in IN_PLACE_OPERATORS or t is operator.setitem or n.kwargs.get("inplace") is True or \
-                _torch_in_place(t) is not None
-        else:
-            inplace = False
-        return first if inplace else None
 
     def _out_of_place(self, n: Node) -> None:
         """Retargets an in-place node to its out-of-place twin, or runs it on a copy."""
@@ -309,6 +292,25 @@ def _set_arg(n: Node, index: int, key: str, value: Any) -> None:
         n.args = (*n.args, value)
     else:
         n.update_kwarg(key, value)
+
+
+def written_by(n: Node) -> Node | None:
+    """The node an in-place op writes (its first argument), else None. `frontends.dynamo` uses
+    it too: an in-place write whose target is a graph input must be seen by the caller."""
+    t, first = n.target, n.args[0] if n.args and isinstance(n.args[0], Node) else None
+    if n.op == "call_method":
+        inplace = t.endswith("_") and not t.endswith("__")  # type: ignore[union-attr]
+    elif isinstance(t, torch._ops.OpOverload):
+        args = t._schema.arguments
+        inplace = bool(args) and args[0].alias_info is not None and args[0].alias_info.is_write
+    elif isinstance(t, ModuleCall):
+        inplace = bool(getattr(t.module, "inplace", False))
+    elif n.op == "call_function":
+        inplace = t in IN_PLACE_OPERATORS or t is operator.setitem or n.kwargs.get("inplace") is True or \
+            _torch_in_place(t) is not None
+    else:
+        inplace = False
+    return first if inplace else None
 
 
 def _torch_in_place(t: Any) -> Callable[..., Any] | None:

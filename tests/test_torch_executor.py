@@ -263,3 +263,79 @@ def test_ordering_waits_only_across_lanes() -> None:
     o.before("copy", ["w"], [])
     assert lanes.waits == [("compute", ("copy", 1)), ("copy", ("compute", 2)), ("compute", ("copy", 3)),
                            ("copy", ("compute", 4))]
+
+
+class Head(torch.nn.Module):
+    """A language-model head in small: a few layers, then a wide last output read from one
+    small hidden state, as GPT-2's logits are."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+        self.head = torch.nn.Linear(64, 4096)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.nn.functional.layer_norm(self.body(x), (64,)))
+
+
+def arena_plan(low: Lowered) -> tuple[Plan, set[str]]:
+    """A plan of `low` with its inputs and outputs outside the arena (one-byte tokens), as
+    frontends.dynamo makes it."""
+    from planner.frontends.dynamo import _arena_graph
+
+    g = low.graph
+    outside = {g.base(o) for o in g.outputs} | set(g.inputs)
+    return planner.plan(_arena_graph(g, outside), "M_P", target=TARGET, solver="minpeak-belady"), outside
+
+
+def test_outputs_outside_the_arena_and_its_early_release(tmp_path) -> None:
+    """Inputs are read where the caller keeps them and outputs written where the run returns
+    them: nothing copied in or out. The last op only writes an output, so the arena is
+    released before it, and the measured peak is what `planned_peak` replays."""
+    from planner.runtime.torch_executor import planned_peak
+
+    model, x = Head().eval(), torch.randn(32, 64)
+    low = lower_module(model, (x,))
+    p, outside = arena_plan(low)
+    ex = TorchExecutor(p, low.graph, low.weights, outside=outside)
+    assert ex.release is not None and ex.release.keep  # the last hidden state is copied out
+    ex.run(x)
+    measured = _allocated_peak(lambda: ex.run(x), tmp_path)  # the released arena is allocated again in the call
+    planned = planned_peak(p, low.graph, outside)
+    assert abs(measured - planned) <= 0.05 * planned, (measured, planned)
+    assert planned < ex.extent + 32 * 4096 * 4  # below holding the arena and the output together
+    assert ex.stats.load_bytes == ex.stats.store_bytes == 0
+    out = ex.run(x)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x))
+    assert not (ex.arena.data_ptr() <= out.data_ptr() < ex.arena.data_ptr() + ex.arena.numel())
+
+
+class Pointwise(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(8, 16, 1)
+        self.b = torch.nn.Conv2d(16, 32, 1, stride=2, bias=False)
+        self.c = torch.nn.Conv2d(32, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.b(self.a(x).relu()))
+
+
+def test_1x1_convolutions_write_into_the_arena(tmp_path) -> None:
+    """1x1 convolutions (stride 1 and 2) run as matrix products straight into their views;
+    the 3x3 one takes the copy path, and the transients the run reports are the predicted
+    ones."""
+    from planner.runtime.torch_executor import transient_reserve
+
+    model, x = Pointwise().eval(), torch.randn(2, 8, 16, 16)
+    low = lower_module(model, (x,))
+    p = plan_for(low, "M_P")
+    ex = TorchExecutor(p, low.graph, low.weights)
+    out = ex.run(x, check_arena=True)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+    types = {op.name: op.type for op in low.graph.ops}
+    convs = sorted(n for n, t in types.items() if "conv" in t)
+    assert len(convs) == 3 and len([n for n in convs if n in ex.stats.direct_ops]) == 2
+    assert ex.stats.transient_peak_bytes == transient_reserve(low.graph) > 0
