@@ -229,10 +229,8 @@ def _compile_train(gm: Any, example_inputs: list, given: dict[str, Any]) -> Call
     """Hands a training graph to frontends.train.compile_train with its own keys only."""
     from planner.errors import PlannerError
 
-    try:
-        from planner.frontends.train import compile_train
-    except ImportError as e:
-        return _fallback(gm, f"training graphs need frontends.train ({e})", bool(given.get("strict")))
+    from planner.frontends.train import compile_train
+
     train = {k: v for k, v in given.items() if k not in _INFER_ONLY and k not in _TORCH_KEYS}
     if train.get("memory_budget") is None:
         train["memory_budget"] = "M_P"
