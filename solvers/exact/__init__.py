@@ -233,6 +233,8 @@ def _rounds(f, problem: Problem, params: Params, best: _Best, deadline: float, l
     """Solves `f`, places the residencies, cuts what does not fit, until proven or out of
     time. Offers every placed solution to `best`; returns the proven bound in bytes."""
     bound, unit = 0.0, f.obj_unit
+    # Bytes are whole, so a bound rounds up; with fractional recompute charges it cannot.
+    integral = all(float(c).is_integer() for c in f.model.cost)
     for k in range(1, 10_000):
         left = deadline - time.perf_counter()
         joint = label == "joint"
@@ -241,7 +243,7 @@ def _rounds(f, problem: Problem, params: Params, best: _Best, deadline: float, l
         res = backends.solve(f.model, params.backend, left - (1.0 if joint else 0.0), params.threads, hint,
                              params.dump_lp if k == 1 and joint else None, isolate=joint)
         if res.bound > -math.inf:
-            bound = max(bound, math.ceil(res.bound - 1e-6) * unit)
+            bound = max(bound, (math.ceil(res.bound - 1e-6) if integral else res.bound - 1e-6) * unit)
         params.log.append(f"{label} round {k}: {res.status}, objective {res.objective}, bound {res.bound}, "
                           f"{res.seconds:.2f} s, {len(f.model.lb)} columns, {len(f.model.row_lo)} rows")
         if res.x is None:

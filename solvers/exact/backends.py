@@ -29,7 +29,7 @@ class Model:
 
     lb: list[int] = field(default_factory=list)
     ub: list[int] = field(default_factory=list)
-    cost: list[int] = field(default_factory=list)
+    cost: list[float] = field(default_factory=list)  # whole bytes; recompute charges may be fractional
     names: list[str] = field(default_factory=list)
     row_names: list[str] = field(default_factory=list)
     row_idx: list[list[int]] = field(default_factory=list)
@@ -38,7 +38,7 @@ class Model:
     row_hi: list[float] = field(default_factory=list)
     offset: int = 0  # constant added to the objective
 
-    def var(self, name: str, lb: int = 0, ub: int = 1, cost: int = 0) -> int:
+    def var(self, name: str, lb: int = 0, ub: int = 1, cost: float = 0) -> int:
         self.lb.append(lb)
         self.ub.append(ub)
         self.cost.append(cost)
@@ -57,8 +57,9 @@ class Model:
         self.row_lo.append(lo)
         self.row_hi.append(hi)
 
-    def objective(self, x: list[float] | np.ndarray) -> int:
-        return int(round(float(np.dot(self.cost, x)))) + self.offset
+    def objective(self, x: list[float] | np.ndarray) -> float:
+        value = float(np.dot(self.cost, x)) + self.offset
+        return round(value) if abs(value - round(value)) < 1e-6 else value  # whole bytes stay ints
 
     def violated(self, x: list[float]) -> str | None:
         """The name of the first row or bound `x` breaks, or None (checks warm starts)."""

@@ -168,7 +168,9 @@ def build(problem: Problem, flags: Flags, order: list[str] | None = None,
     for t, steps in redo.items():
         w = problem.recompute_weight * g.op(g.tensors[t].producer).flops
         for s in steps:
-            f.rc[t, s] = m.var(f"rc_{t}_{s}", cost=math.floor(w) if recompute == "relax" else round(w))
+            # The exact charge (rounding 0.4 B to 0 made recomputes free, and plans cost more
+            # than the model said); floored in the relaxation, so its bound stays a bound.
+            f.rc[t, s] = m.var(f"rc_{t}_{s}", cost=math.floor(w) if recompute == "relax" else w)
     # The first load of every used input and weight is compulsory (DESIGN §3).
     m.offset = -sum(size[t] for t in uses if kind[t] in ("input", "weight") and g.tensors[t].consumers) // f.obj_unit
 
