@@ -529,14 +529,7 @@ def _stitch(problem: Problem, segs: list[_Segment], plans: list[list[Step]], res
                     s.kind == "free" and ended and s.tensor in keep):
                 continue
             steps.append(Step(s.kind, tensor=s.tensor, op=s.op))
-            if s.kind == "load":
-                resident.add(s.tensor)  # type: ignore[arg-type]
-            elif s.kind == "store":
-                stored.add(s.tensor)  # type: ignore[arg-type]
-            elif s.kind == "free":
-                resident.discard(s.tensor)  # type: ignore[arg-type]
-            else:
-                resident |= {t for t in g.op(s.op).outputs if t in problem.sizes}  # type: ignore[arg-type]
+            advance(problem, resident, stored, s)
         for t in sorted(resident - keep):
             steps.append(Step("free", tensor=t))
         resident &= keep
@@ -561,3 +554,16 @@ def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list
             return None, excess
         offsets = r.offsets
     return baselines.with_offsets(steps, where, offsets), excess
+
+
+def advance(problem: Problem, resident: set[str], stored: set[str], s: Step) -> None:
+    """What fast memory (`resident`) and slow memory (`stored`) hold after step `s`,
+    updated in place: the one rule every pass over a plan's steps here follows."""
+    if s.kind == "load":
+        resident.add(s.tensor)  # type: ignore[arg-type]
+    elif s.kind == "store":
+        stored.add(s.tensor)  # type: ignore[arg-type]
+    elif s.kind == "free":
+        resident.discard(s.tensor)  # type: ignore[arg-type]
+    else:
+        resident |= {t for t in problem.graph.op(s.op).outputs if t in problem.sizes}  # type: ignore[arg-type]

@@ -334,14 +334,7 @@ def _scan(problem: Problem, steps: list[Step], resident: set[str] | None = None,
     resident = set() if resident is None else set(resident)
     stored = {t for t in problem.sizes if g.tensors[t].kind in ("input", "weight")} if stored is None else set(stored)
     for s in steps:
-        if s.kind == "load":
-            resident.add(s.tensor)  # type: ignore[arg-type]
-        elif s.kind == "store":
-            stored.add(s.tensor)  # type: ignore[arg-type]
-        elif s.kind == "free":
-            resident.discard(s.tensor)  # type: ignore[arg-type]
-        else:
-            resident |= {t for t in g.op(s.op).outputs if t in problem.sizes}  # type: ignore[arg-type]
+        dnc.advance(problem, resident, stored, s)
     return resident, stored
 
 
@@ -396,14 +389,7 @@ def _tidy(problem: Problem, steps: list[Step]) -> list[Step]:
         if (s.kind == "store" and s.tensor in stored) or (s.kind == "load" and s.tensor in resident):
             continue
         out.append(s)
-        if s.kind == "load":
-            resident.add(s.tensor)  # type: ignore[arg-type]
-        elif s.kind == "store":
-            stored.add(s.tensor)  # type: ignore[arg-type]
-        elif s.kind == "free":
-            resident.discard(s.tensor)  # type: ignore[arg-type]
-        else:
-            resident |= {t for t in g.op(s.op).outputs if t in problem.sizes}  # type: ignore[arg-type]
+        dnc.advance(problem, resident, stored, s)
     loaded_later: set[str] = set()
     keep = []
     for s in reversed(out):
