@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from planner.errors import BadInput, PlannerError
 from planner.units import format_bytes, seconds_arg
@@ -66,24 +66,18 @@ solver, seconds, engine, machine; reused_from where a smaller budget's plan had 
 Ctrl-C writes the rows that finished and exits 130."""
 
 
-def _points(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"--points {text!r}: need a whole number of at least 2 (M_R and M_P)")
-    return n
+def _whole(least: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `least`, else a one-line usage error."""
+    def read(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = least - 1
+        if n < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: need a whole number of at least {least}{what}")
+        return n
 
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: need a whole number of at least 1")
-    return n
+    return read
 
 
 def _budget_list(text: str) -> list[int | str]:
@@ -117,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="+", help="ONNX files or zoo model names")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--points", type=_points, default=8,
+    where.add_argument("--points", type=_whole(2, " (M_R and M_P)"), default=8,
                        help="budgets evenly from M_R to M_P per model, both ends included (default 8)")
     where.add_argument("--budgets", type=_budget_list, metavar="LIST",
                        help="comma list of sizes and M_R, M_H, M_P, e.g. M_R,1.5MiB,M_P")
@@ -133,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: processes here (default); ray: Ray tasks (pip install planner[ray])")
     p.add_argument("--address", help="with --engine ray: join the cluster there (e.g. auto, ray://head:10001); "
                    "default: start a local Ray instance")
-    p.add_argument("--jobs", type=_positive, help="budgets solved at once (default: the cores here, or the "
+    p.add_argument("--jobs", type=_whole(1, ""), help="budgets solved at once (default: the cores here, or the "
                    "Ray cluster's CPUs)")
     p.set_defaults(run=cmd_sweep)
 
