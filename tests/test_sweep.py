@@ -205,7 +205,13 @@ def test_ctrl_c_writes_the_points_that_finished(capsys, tmp_path, monkeypatch):
             time.sleep(1)
 
     monkeypatch.setattr(cli._Progress, "count", ctrl_c_after_one)
-    code = main(["sweep", str(SHUFFLENET), "--points", "6", "--solver", "baseline", "--jobs", "1", "-o", str(out)])
+    # Python's own Ctrl-C handler, whatever this process inherited (a background job starts
+    # with SIGINT ignored) or an earlier test left (ray.shutdown restores the default action).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = main(["sweep", str(SHUFFLENET), "--points", "6", "--solver", "baseline", "--jobs", "1", "-o", str(out)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     saved = json.loads(out.read_text())
     assert code == 130 and "interrupted" in err and "wrote the 1 finished points" in err
