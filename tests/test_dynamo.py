@@ -136,17 +136,22 @@ def test_bad_options_are_one_line_errors(options: dict, message: str) -> None:
     assert message in str(err) and "\n" not in str(err)
 
 
-
-
-def test_training_graphs_go_to_compile_train(monkeypatch) -> None:
-    """mode auto with grad on and parameters requiring grad: the graph and a copy of the
-    options go to frontends.train.compile_train (replaced here by a recorder)."""
+def record_training(monkeypatch) -> list:
+    """Replaces frontends.train.compile_train by a recorder: the options of each call are
+    appended to the list returned, and the graph runs as it is."""
     calls = []
 
     def compile_train(gm, example_inputs, options):
         calls.append(options)
         return gm.forward
     monkeypatch.setitem(sys.modules, "planner.frontends.train", types.SimpleNamespace(compile_train=compile_train))
+    return calls
+
+
+def test_training_graphs_go_to_compile_train(monkeypatch) -> None:
+    """mode auto with grad on and parameters requiring grad: the graph and a copy of the
+    options go to frontends.train.compile_train (replaced here by a recorder)."""
+    calls = record_training(monkeypatch)
     model, x = torch.nn.Linear(4, 2), torch.randn(3, 4)
     options = {"memory_budget": "1MiB", "recompute": True}  # a training-only key passes through
     out = torch.compile(model, backend="planner", options=options)(x)
@@ -193,12 +198,7 @@ def test_plainest_call_plans_inference(budget: str | None) -> None:
 def test_training_needs_a_model_in_training_mode(monkeypatch) -> None:
     """mode auto: grad on and parameters requiring grad train only when the module trains;
     mode train too needs something to require grad (under no_grad it is inference)."""
-    calls = []
-
-    def compile_train(gm, example_inputs, options):
-        calls.append(options)
-        return gm.forward
-    monkeypatch.setitem(sys.modules, "planner.frontends.train", types.SimpleNamespace(compile_train=compile_train))
+    calls = record_training(monkeypatch)
     model, x = torch.nn.Linear(4, 2), torch.randn(3, 4)
     torch.compile(model.eval(), backend="planner")(x)
     assert calls == [] and dynamo.compiled_graphs()
@@ -212,12 +212,7 @@ def test_training_needs_a_model_in_training_mode(monkeypatch) -> None:
 
 
 def test_training_gets_named_budgets_and_only_its_keys(monkeypatch) -> None:
-    calls = []
-
-    def compile_train(gm, example_inputs, options):
-        calls.append(options)
-        return gm.forward
-    monkeypatch.setitem(sys.modules, "planner.frontends.train", types.SimpleNamespace(compile_train=compile_train))
+    calls = record_training(monkeypatch)
     options = {"memory_budget": "M_R", "mode": "train", "fold_bn": True, "max_shapes": 2, "strict": True,
                "time_limit": 5}
     torch.compile(torch.nn.Linear(4, 2).eval(), backend="planner", options=options)(torch.randn(3, 4))

@@ -16,8 +16,9 @@ def gpt_loss(model, idx):
     return torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
 
 
-def run(model, loss_fn, args, options, seed=0):
-    """One compiled training step: (loss, gradients, the planning report)."""
+def compiled_step(model, loss_fn, options):
+    """A fresh compiled training step through compile_train, and the list its planning
+    reports are appended to."""
     reports = []
 
     def backend(gm, example_inputs):
@@ -27,7 +28,12 @@ def run(model, loss_fn, args, options, seed=0):
 
     torch._dynamo.reset()
     model.zero_grad()
-    step = torch.compile(lambda *a: loss_fn(model, *a), backend=backend, fullgraph=True, dynamic=False)
+    return torch.compile(lambda *a: loss_fn(model, *a), backend=backend, fullgraph=True, dynamic=False), reports
+
+
+def run(model, loss_fn, args, options, seed=0):
+    """One compiled training step: (loss, gradients, the planning report)."""
+    step, reports = compiled_step(model, loss_fn, options)
     torch.manual_seed(seed)
     loss = step(*args)
     loss.backward()
@@ -254,15 +260,7 @@ def measured(model, loss_fn, args, options) -> tuple[int, object, tuple]:
     outside the measurement). Returns (measured peak, the report, (loss, gradients))."""
     from planner.frontends.train_memory import measured_peak
 
-    reports = []
-
-    def backend(gm, example_inputs):
-        compiled = compile_train(gm, example_inputs, options)
-        reports.append(compiled.report)
-        return compiled
-    torch._dynamo.reset()
-    model.zero_grad()
-    step = torch.compile(lambda *a: loss_fn(model, *a), backend=backend, fullgraph=True, dynamic=False)
+    step, reports = compiled_step(model, loss_fn, options)
     torch.manual_seed(0)
     loss = step(*args)
     loss.backward()
