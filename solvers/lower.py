@@ -48,6 +48,7 @@ import numpy as np
 from planner.ir import Graph, Op, Tensor
 from planner.problem import Problem, align_up
 from planner.solvers.exact import backends
+from planner.solvers.exact.model import closures
 
 __all__ = ["Bound", "lower_bound"]
 
@@ -146,7 +147,7 @@ class _Liveness:
     def __init__(self, problem: Problem):
         g = problem.graph
         self.problem = problem
-        self.ops = _ops(problem)
+        self.ops = problem.graph.ops
         self.index = {o.name: i for i, o in enumerate(self.ops)}
         a = problem.target.alignment
         self.pad = {t: align_up(s, a) for t, s in problem.sizes.items()}
@@ -262,29 +263,13 @@ def _spill_cost(problem: Problem, t: str) -> int:
     return load
 
 
-def _ops(problem: Problem) -> list[Op]:
-    return problem.graph.ops
-
-
 def _closures(problem: Problem) -> tuple[list[int], list[int]]:
     """Per op (graph order), the bitsets of its ancestors and descendants; with
     fixed_order, every earlier op is an ancestor and every later one a descendant."""
-    ops = _ops(problem)
-    n = len(ops)
+    n = len(problem.graph.ops)
     if problem.fixed_order:
         return [(1 << i) - 1 for i in range(n)], [((1 << n) - 1) ^ ((1 << (i + 1)) - 1) for i in range(n)]
-    g = problem.graph
-    index = {o.name: i for i, o in enumerate(ops)}
-    preds = [{index[g.tensors[t].producer] for t in o.inputs if g.tensors[t].producer} for o in ops]
-    anc = [0] * n
-    for i in range(n):
-        for p in preds[i]:
-            anc[i] |= anc[p] | (1 << p)
-    desc = [0] * n
-    for i in reversed(range(n)):
-        for p in preds[i]:
-            desc[p] |= desc[i] | (1 << i)
-    return anc, desc
+    return closures(problem)
 
 
 def _segments(problem: Problem, order: list[str], segment_ops: int, deadline: float) -> int:

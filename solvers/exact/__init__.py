@@ -109,7 +109,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     # A reserve for reading, placing and replaying the last solution, so the call ends in time.
     deadline = t0 + limit - min(2.0, 0.05 * limit)
     check_budget(problem)
-    flags = Flags(params.windows, params.jit_loads, params.early_evict, params.strong_precedence, params.liveness_cuts)
+    flags = _flags(params)
     orders = _orders(problem, params, deadline)
     best: _Best = _Best(None, math.inf)
     for order in orders:  # COSMA's baselines on each candidate order
@@ -164,7 +164,6 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     return plan
 
 
-
 def improve(problem: Problem, plan: Plan, window: dict[str, tuple[int, int]], params: Params | None = None) -> Plan:
     """`plan`, or a better plan in its neighbourhood: the joint model (3) with each op o at
     a step of window[o] (which must hold the plan's own order), warm-started from `plan`,
@@ -178,7 +177,7 @@ def improve(problem: Problem, plan: Plan, window: dict[str, tuple[int, int]], pa
     params = params or Params()
     t0 = time.perf_counter()
     deadline = t0 + (math.inf if params.time_limit is None else params.time_limit)
-    flags = Flags(params.windows, params.jit_loads, params.early_evict, params.strong_precedence, params.liveness_cuts)
+    flags = _flags(params)
     best = _Best(plan, _cost(problem, plan), "start")
     f = build(problem, flags, window=window)
     bound = _rounds(f, problem, params, best, deadline, "window", _encode(f, problem, plan, params))
@@ -187,6 +186,11 @@ def improve(problem: Problem, plan: Plan, window: dict[str, tuple[int, int]], pa
     out = Plan.build(problem, best.plan.steps, info)
     out.extra = {"found_by": best.source}
     return out
+
+
+def _flags(params: Params) -> Flags:
+    """The model switches `params` sets."""
+    return Flags(params.windows, params.jit_loads, params.early_evict, params.strong_precedence, params.liveness_cuts)
 
 
 @dataclass
@@ -234,7 +238,7 @@ def _rounds(f, problem: Problem, params: Params, best: _Best, deadline: float, l
     time. Offers every placed solution to `best`; returns the proven bound in bytes."""
     bound, unit = 0.0, f.obj_unit
     # Bytes are whole, so a bound rounds up; with fractional recompute charges it cannot.
-    integral = all(float(c).is_integer() for c in f.model.cost)
+    integral = f.model.integral()
     for k in range(1, 10_000):
         left = deadline - time.perf_counter()
         joint = label == "joint"

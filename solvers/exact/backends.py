@@ -57,6 +57,11 @@ class Model:
         self.row_lo.append(lo)
         self.row_hi.append(hi)
 
+    def integral(self) -> bool:
+        """Whole-number costs: then objective values and bounds are whole too (bytes; a
+        recompute charge, weight x FLOPs, may be fractional)."""
+        return all(float(c).is_integer() for c in self.cost)
+
     def objective(self, x: list[float] | np.ndarray) -> float:
         value = float(np.dot(self.cost, x)) + self.offset
         return round(value) if abs(value - round(value)) < 1e-6 else value  # whole bytes stay ints
@@ -177,10 +182,7 @@ def _highs(model: Model, time_limit: float, threads: int, hint, dump, bound_only
     _interrupt_at(h, time.perf_counter() + time_limit, stop_at)
     h.setOptionValue("threads", int(threads))
     h.setOptionValue("mip_rel_gap", 0.0)
-    # An integral objective proves optimality within 1; a recompute charge (weight x FLOPs)
-    # makes it fractional, and then only an exact gap does.
-    integral = all(float(c).is_integer() for c in model.cost)
-    h.setOptionValue("mip_abs_gap", 0.999 if integral else 0.0)
+    h.setOptionValue("mip_abs_gap", 0.999 if model.integral() else 0.0)  # whole objectives: within 1 is proven
     h.setOptionValue("random_seed", 0)
     if bound_only:
         h.setOptionValue("mip_heuristic_effort", 0.0)

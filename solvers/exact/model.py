@@ -79,16 +79,26 @@ def windows(problem: Problem, enabled: bool, order: list[str] | None = None) -> 
         return {o.name: (i, i) for i, o in enumerate(ops)}
     if not enabled:
         return {o.name: (0, n - 1) for o in ops}
+    anc, desc = closures(problem)
+    return {o.name: (anc[i].bit_count(), n - 1 - desc[i].bit_count()) for i, o in enumerate(ops)}
+
+
+def closures(problem: Problem) -> tuple[list[int], list[int]]:
+    """Per op, in graph order, the bitsets of its ancestors and of its descendants (bit i:
+    the graph's i-th op). The graph order is topological, so one sweep forwards and one
+    backwards build them."""
+    ops = problem.graph.ops
+    n = len(ops)
     index = {o.name: i for i, o in enumerate(ops)}
     preds = [{index[p] for t in o.inputs if (p := problem.graph.tensors[t].producer) is not None} for o in ops]
-    anc, desc = [0] * n, [0] * n  # bitsets: topological order sweeps them forwards and backwards
+    anc, desc = [0] * n, [0] * n
     for i in range(n):
         for p in preds[i]:
             anc[i] |= anc[p] | (1 << p)
     for i in reversed(range(n)):
         for p in preds[i]:
             desc[p] |= desc[i] | (1 << i)
-    return {o.name: (anc[i].bit_count(), n - 1 - desc[i].bit_count()) for i, o in enumerate(ops)}
+    return anc, desc
 
 
 def columns(problem: Problem, win: dict[str, tuple[int, int]] | None = None) -> int:
