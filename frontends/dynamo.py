@@ -119,12 +119,10 @@ class Options:
             budget = "M_P"
         if isinstance(budget, bool) or not isinstance(budget, (int, str)):
             raise BadInput(f"option memory_budget={budget!r}: give bytes, a size such as '2GiB', or M_R / M_H / M_P")
-        if isinstance(budget, str) and budget.upper().replace("-", "_") in ("M_R", "M_H", "M_P"):
-            budget = budget.upper().replace("-", "_")
-        elif isinstance(budget, str):
-            from planner.units import parse_bytes
+        from planner.units import budget_name, parse_bytes
 
-            budget = parse_bytes(budget)  # raises on a bad unit
+        if isinstance(budget, str):
+            budget = budget_name(budget) or parse_bytes(budget)  # raises on a bad unit
         if isinstance(budget, int) and budget <= 0:
             raise BadInput(f"option memory_budget={budget!r} must be positive")
         solver = opts.get("solver")
@@ -351,7 +349,6 @@ class PlannedFunction:
         self.graphs: OrderedDict[tuple, PlannedGraph] = OrderedDict()
         self.arena: Any = None
         self.eager: Callable[..., Any] | None = None  # set when the graph fell back
-        self.error: BaseException | None = None  # the planner error every call raises
 
     @staticmethod
     def create(gm: Any, example_inputs: list, opts: Options) -> Callable[..., Any]:
@@ -498,7 +495,8 @@ class PlannedGraph:
         compiled = PlannedGraph(low, plan, outside, outputs, transient, [slot[i] for i in graph.inputs],
                                 {n: slot[n] for n in low.weights if n in slot}, isinstance(out.args[0], (tuple, list)),
                                 lowering, planning, cached, budget, device)
-        log.info("planner: %s", compiled.describe())
+        if log.isEnabledFor(logging.INFO):  # describe() replays the plan: only when someone reads it
+            log.info("planner: %s", compiled.describe())
         _recent[:] = [r for r in _recent if r() is not None] + [weakref.ref(compiled)]
         return compiled
 

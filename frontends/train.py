@@ -66,7 +66,7 @@ from planner.errors import BadInput, Infeasible, UnsupportedModel
 from planner.frontends.train_memory import WORKSPACE, annotate_workspaces
 from planner.ir import Bytes, Target, get_target
 from planner.plan import SolverInfo
-from planner.units import parse_bytes
+from planner.units import budget_name, parse_bytes
 
 __all__ = ["TrainOptions", "TrainReport", "compile_train", "replay_peak"]
 
@@ -74,16 +74,6 @@ log = logging.getLogger(__name__)
 MEMORY_BYTES_PER_S = 2e12  # device-memory bandwidth for the roofline of memory-bound ops (Target has none)
 _WORKSPACES: dict[tuple, Bytes] = {}  # calibrated kernel workspaces by call signature (train_memory), per process
 _TIGHTEN_ROUNDS = 4
-
-
-NAMES = ("M_R", "M_H", "M_P")  # named budgets (see compile_train)
-
-
-def budget_name(budget: Any) -> str | None:
-    """"M_R" / "M_H" / "M_P" for a named budget (any case, "-" for "_"), else None."""
-    if isinstance(budget, str) and budget.strip().upper().replace("-", "_") in NAMES:
-        return budget.strip().upper().replace("-", "_")
-    return None
 
 
 @dataclass(frozen=True)
@@ -115,7 +105,8 @@ class TrainOptions:
             raise BadInput(f"unknown option(s) {unknown}; choose from {sorted(names | {'mode'})}")
         budget = opts.get("memory_budget")
         budget = "M_P" if budget is None else budget
-        opts["memory_budget"] = budget_name(budget) or parse_bytes(budget)
+        name = budget_name(budget.strip()) if isinstance(budget, str) else None
+        opts["memory_budget"] = name or parse_bytes(budget)
         if opts["memory_budget"] == 0:
             raise BadInput("memory_budget must be positive")
         if opts.get("solver") in (None, "auto"):
@@ -176,8 +167,7 @@ class Compiled:
         if key not in self._fns:
             self._fns[key], self.report = self._per_shape(list(args))
             self.reports[key] = self.report
-        fn = self._fns[key]
-        return fn(list(args)) if getattr(fn, "_boxed_call", False) else fn(*args)
+        return self._fns[key](*args)  # per-shape callables take the arguments unboxed
 
 
 def _shape_key(args: list) -> tuple:

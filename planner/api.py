@@ -19,10 +19,7 @@ from planner.errors import BadInput, PlannerError, SolverTimeout
 from planner.ir import Graph, Target, get_target
 from planner.plan import Plan
 from planner.problem import Problem
-from planner.units import parse_bytes
-
-BUDGET_NAMES = ("M_R", "M_H", "M_P")
-
+from planner.units import budget_name, parse_bytes
 
 def load_graph(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple | None = None,
                shapes: dict[str, tuple[int, ...]] | None = None, fuse: bool | None = None,
@@ -90,8 +87,8 @@ def resolve_budget(budget: int | str | None, problem: Problem, budgets: Callable
     """Bytes for a budget given as bytes, a size with a unit, or M_R / M_H / M_P."""
     if budget is None:
         return problem.target.capacity
-    if isinstance(budget, str) and budget.upper().replace("-", "_") in BUDGET_NAMES:
-        return budgets().get(budget.upper().replace("-", "_"))
+    if name := budget_name(budget):
+        return budgets().get(name)
     return parse_bytes(budget)
 
 

@@ -27,6 +27,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -37,11 +38,9 @@ from planner import bounds as _bounds
 from planner import registry
 from planner.errors import BadInput, Infeasible, PlannerError
 from planner.ir import Graph, Target
-from planner.problem import Problem
-from planner.units import format_bytes, parse_bytes
+from planner.units import BUDGET_NAMES, budget_name, format_bytes, parse_bytes
 
 ENGINES = ("local", "ray")
-NAMES = ("M_R", "M_H", "M_P")
 RAY_MISSING = "--engine ray needs Ray: pip install planner[ray]"
 # Row fields in CSV column order; JSON rows carry the same keys.
 FIELDS = ("model", "budget_bytes", "budget_names", "noncompulsory_bytes", "traffic_bytes", "compulsory_bytes",
@@ -78,10 +77,9 @@ def parse_budgets(text: str) -> list[int | str]:
     items: list[int | str] = []
     for raw in text.split(","):
         item = raw.strip()
-        name = item.upper().replace("-", "_")
         if not item:
             raise BadInput(f"cannot read budgets {text!r}: an empty item; write e.g. M_R,2MiB,M_P")
-        items.append(name if name in NAMES else parse_bytes(item))
+        items.append(budget_name(item) or parse_bytes(item))
     return items
 
 
@@ -204,6 +202,7 @@ class LocalEngine:
         self.shipped: dict[str, Path] = {}
         self.count = 0
         self.host = socket.gethostname()
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the caller's modules too
 
     def ship(self, model: str, graph: Graph, b: _bounds.Budgets) -> None:
         """Pickles a model's graph and bounds once, to a file every task of the model reads."""
@@ -216,10 +215,8 @@ class LocalEngine:
 
     def _start(self) -> None:
         import subprocess
-        import sys
 
         fn = solve_point  # looked up now, by name, so the worker runs what this module holds
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the caller's modules too
         while self.queue and len(self.running) < self.jobs:
             task, b = self.queue.popleft()
             self.count += 1
@@ -228,7 +225,7 @@ class LocalEngine:
             (job / "in.pkl").write_bytes(pickle.dumps((fn, task, str(self.shipped[task.model]))))
             with open(job / "stderr", "wb") as err:
                 proc = subprocess.Popen([sys.executable, "-c", f"from planner.sweep import worker_main; "
-                                         f"worker_main({str(job)!r})"], env=env, stdin=subprocess.DEVNULL,
+                                         f"worker_main({str(job)!r})"], env=self.env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_worker_setup)
             self.running.append((task, proc, time.monotonic(), b, job))
 
@@ -415,7 +412,7 @@ def sweep(models: Sequence[Any], *, points: int | None = 8, budgets: Sequence[in
     BadInput : a bad argument, or engine "ray" without Ray installed.
     SweepInterrupted : Ctrl-C; carries the rows that finished.
     """
-    from planner.api import load_graph, resolve_target
+    from planner.api import bounds, resolve_target
 
     if engine not in ENGINES:
         raise BadInput(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -441,15 +438,14 @@ def sweep(models: Sequence[Any], *, points: int | None = 8, budgets: Sequence[in
     try:
         for model in models:
             say(len(rows), total, f"lowering {model if isinstance(model, (str, os.PathLike)) else 'a model'}")
-            graph = load_graph(model, target=tgt)
-            b = _bounds.budgets(Problem(graph, tgt), time_limit=max(1.0, time_limit / 3))  # as planner.plan
+            graph, b = bounds(model, target=tgt, time_limit=max(1.0, time_limit / 3))  # as planner.plan
             label = graph.name
             order.setdefault(label, len(order))
             sizes = budget_points(b, points, budgets)
             total -= per_model - len(sizes)
             run.ship(label, graph, b)
             for size in sizes:
-                names = tuple(n for n in NAMES if b.get(n) == size)
+                names = tuple(n for n in BUDGET_NAMES if b.get(n) == size)
                 run.submit(Task(label, size, names, tgt, solver, time_limit, run.name), b)
             rows += [row for _, row in run.poll(0)]
             say(len(rows), total, f"lowered {label}")

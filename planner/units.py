@@ -18,6 +18,17 @@ _UNITS = {
     "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
+BUDGET_NAMES = ("M_R", "M_H", "M_P")  # the reference budgets (planner.bounds, DESIGN)
+
+
+def budget_name(budget: object) -> str | None:
+    """"M_R" / "M_H" / "M_P" for a budget that names one (any case, "-" for "_"), else
+    None: the one spelling rule of every place that takes a budget."""
+    if isinstance(budget, str) and (name := budget.upper().replace("-", "_")) in BUDGET_NAMES:
+        return name
+    return None
+
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
