@@ -194,7 +194,7 @@ def torch_point(model, loss, inputs, ratio: float, device: str) -> tuple[dict[st
     from torch._functorch import config
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
-    from planner.frontends.train import _compilers
+    from planner.frontends.train import _WORKSPACES, _compilers
     from planner.frontends.train_memory import annotate_workspaces
 
     peaks, planning = [], []
@@ -203,8 +203,8 @@ def torch_point(model, loss, inputs, ratio: float, device: str) -> tuple[dict[st
         t0 = time.perf_counter()
         fw, bw = min_cut_rematerialization_partition(joint, inputs_, **kw)
         planning.append(time.perf_counter() - t0)
-        annotate_workspaces(fw)  # the same replay as planner's, kernels' scratch included
-        annotate_workspaces(bw)
+        annotate_workspaces(bw, annotate_workspaces(fw, _WORKSPACES))  # planner's replay, scratch included,
+        # from the calibrations planner's own compiles made in this process (one run per distinct call)
         peaks.append(replay_peak(fw, bw))
         return fw, bw
     fw_compiler, bw_compiler = _compilers("eager")

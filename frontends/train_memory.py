@@ -68,16 +68,13 @@ def measured_peak(fn: Callable[[], Any], device: str = "cpu") -> Bytes:
     while `fn()` runs, counted from the allocator's events: what a user's allocation trace
     shows for the step, scratch buffers included. The device matters: on CUDA a step also
     allocates host memory (pinned offload buffers, CPU scalars), which is not device memory."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import profile
 
     kind = torch.device(device).type
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kind == "cuda" else [])
-    with _profiling_quietly(), profile(activities=activities, profile_memory=True) as prof:
+    with _profiling_quietly(), profile(activities=_activities(kind), profile_memory=True) as prof:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and str(e.device_type()).split(".")[-1].lower() == kind)
     live = peak = 0
-    for _, nbytes in events:
+    for _, nbytes in _memory_events(prof.profiler.kineto_results.events(), kind):
         live += nbytes
         peak = max(peak, live)
     return peak
@@ -122,24 +119,20 @@ def annotate_workspaces(gm: fx.GraphModule, cache: dict[tuple, Bytes] | None = N
     docstring). `cache` carries the measurements across graphs (the forward and the backward
     share most calls); returns it. The graph's RNG state and grad mode are left as they were."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import profile, record_function
 
     cache = {} if cache is None else cache
+    calls = {n: _signature(n) for n in gm.graph.nodes if n.op == "call_function"}
     todo: dict[tuple, fx.Node] = {}
-    for n in gm.graph.nodes:
-        if n.op != "call_function":
-            continue
-        s = _signature(n)
-        n.meta[WORKSPACE] = 0
+    for n, s in calls.items():
         if s is not None and s not in cache:
             todo.setdefault(s, n)
     if todo:
         devices = sorted({t.device.index or 0 for n in todo.values() for t in _vals(n) if t.device.type == "cuda"})
         sigs, failed = list(todo), set()
         kind = "cuda" if devices else "cpu"  # the graph's device: its scratch is what counts
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if devices else [])
         with unset_fake_temporarily(), torch.no_grad(), torch.random.fork_rng(devices=devices), \
-                _profiling_quietly(), profile(activities=activities, profile_memory=True) as prof:
+                _profiling_quietly(), profile(activities=_activities(kind), profile_memory=True) as prof:
             for k, (s, n) in enumerate(todo.items()):
                 args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: _real(a.meta.get("val")))
                 try:
@@ -154,11 +147,22 @@ def annotate_workspaces(gm: fx.GraphModule, cache: dict[tuple, Bytes] | None = N
                 torch.cuda.synchronize()
         cache.update(_workspaces(prof, sigs, kind))
         cache.update({s: 0 for s in failed})
-    for n in gm.graph.nodes:
-        s = _signature(n) if n.op == "call_function" else None
-        if s is not None:
-            n.meta[WORKSPACE] = cache.get(s, 0)
+    for n, s in calls.items():
+        n.meta[WORKSPACE] = cache.get(s, 0) if s is not None else 0
     return cache
+
+
+def _activities(kind: str) -> list:
+    """What the profiler records to see `kind`'s ("cpu" or "cuda") allocations."""
+    from torch.profiler import ProfilerActivity
+
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kind == "cuda" else [])
+
+
+def _memory_events(events: Any, kind: str) -> list[tuple[int, int]]:
+    """(start ns, bytes: + allocated, - freed) of the allocator events on `kind`, in time order."""
+    return sorted((e.start_ns(), e.nbytes()) for e in events
+                  if e.name() == "[memory]" and str(e.device_type()).split(".")[-1].lower() == kind)
 
 
 def _vals(n: fx.Node) -> list[torch.Tensor]:
@@ -171,8 +175,7 @@ def _workspaces(prof: Any, sigs: list[tuple], kind: str) -> dict[tuple, Bytes]:
     events = prof.profiler.kineto_results.events()
     ranges = sorted((e.start_ns(), e.end_ns(), int(e.name()[len(_PREFIX):])) for e in events
                     if e.name().startswith(_PREFIX))
-    memory = sorted((e.start_ns(), e.nbytes()) for e in events
-                    if e.name() == "[memory]" and str(e.device_type()).split(".")[-1].lower() == kind)
+    memory = _memory_events(events, kind)
     found: dict[tuple, Bytes] = {}
     i = 0
     for start, end, k in ranges:

@@ -129,21 +129,19 @@ def solve(problem: RematProblem, params: Params | None = None, hints: list[dict[
     t0 = time.perf_counter()
     terms = _Terms(problem, params)
     greedy = _greedy(problem, terms)
-    fits = [c for c in (greedy, *hints) if terms.peak(c)[0] <= problem.budget
-            and all(terms.allowed(problem.by_name[v], k) for v, k in c.items())]
+    fits = [c for c in (greedy, *hints) if terms.peak(c)[0] <= problem.budget and terms.allows(c)]
     best = min(fits, key=terms.cost) if fits else None
     info = SolverInfo("remat-greedy" if best is greedy or best is None else "remat-hint", "heuristic",
                       terms.cost(best or greedy), None, None, 0.0)
     if params.method == "milp":
-        left = dataclasses.replace(params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0)))
+        left = _left(params, t0)
         found, milp = _exact(problem, terms, left, hint=best)
         if found is not None:
             best, info = found, milp
         elif best is not None:
             info.bound = milp.bound
     if best is None:  # the programme proved no fit, or found none in its time: the least peak may fit
-        least = min_peak(problem, dataclasses.replace(
-            params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0))))
+        least = min_peak(problem, _left(params, t0))
         if least.peak <= problem.budget:
             info = SolverInfo(least.solver.name, "heuristic", terms.cost(least.choice), None, None,
                               time.perf_counter() - t0)
@@ -192,11 +190,11 @@ def min_peak(problem: RematProblem, params: Params | None = None,
     t0 = time.perf_counter()
     terms = _Terms(problem, params)
     zero = RematProblem(problem.name, problem.values, problem.base, problem.step_s, problem.n_forward, 0)
-    allowed = [h for h in hints if all(terms.allowed(problem.by_name[v], c) for v, c in h.items())]
+    allowed = [h for h in hints if terms.allows(h)]
     best = min((_greedy(zero, terms), _recompute_all(problem, params), *allowed), key=lambda c: terms.peak(c)[0])
     info = SolverInfo("remat-minpeak-greedy", "heuristic", terms.peak(best)[0], None, None, 0.0)
     if params.method == "milp":  # the time limit counts from the call: the warm starts' time is spent
-        left = dataclasses.replace(params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0)))
+        left = _left(params, t0)
         found, milp = _exact(problem, terms, left, hint=best, minimise_peak=True)
         if found is not None and terms.peak(found)[0] <= terms.peak(best)[0]:
             best = found
@@ -321,6 +319,10 @@ class _Terms:
             return v.offloadable and self.params.offload
         return True
 
+    def allows(self, choice: dict[str, str]) -> bool:
+        """Every decision of `choice` (a warm start from elsewhere) is one the options allow."""
+        return all(self.allowed(self.p.by_name[v], kind) for v, kind in choice.items())
+
     def cost(self, choice: dict[str, str]) -> int:
         """Added nanoseconds: own costs plus transfer time beyond each pass's compute."""
         own = sum(self.ns(self.p.by_name[n], c) for n, c in choice.items())
@@ -364,6 +366,11 @@ class _Terms:
         live = self.live(choice)
         k = int(np.argmax(live))
         return int(live[k]), self.cuts[k]
+
+
+def _left(params: Params, t0: float) -> Params:
+    """`params` with the time left of a call that began at `t0` (at least half a second)."""
+    return dataclasses.replace(params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0)))
 
 
 def _greedy(p: RematProblem, terms: _Terms) -> dict[str, str]:
@@ -431,7 +438,7 @@ def _exact(p: RematProblem, terms: _Terms, params: Params, hint: dict[str, str] 
     key = (lambda c: terms.peak(c)[0]) if minimise_peak else terms.cost
     if tied is not None and (hint is None or key(tied) <= key(hint)):
         hint = tied
-    left = dataclasses.replace(params, time_limit=max(0.5, params.time_limit - (time.perf_counter() - t0)))
+    left = _left(params, t0)
     found, untied = _milp(p, terms, left, hint, minimise_peak)
     if found is None and tied is not None:
         return tied, info
