@@ -7,7 +7,6 @@ metrics taken from the replay.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from planner import bounds as _bounds
 from planner import registry
 from planner.errors import BadInput, PlannerError, SolverTimeout
 from planner.ir import Graph, Target, get_target
-from planner.plan import Plan
+from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
 from planner.units import budget_name, parse_bytes
 
@@ -270,10 +269,7 @@ def _report_bound(best: Plan, found: list[tuple[float, str]]) -> str:
     assert best.metrics is not None
     cost = best.metrics.noncompulsory_bytes
     value, how = max(found, key=lambda f: f[0])
-    value = min(value, cost)
-    gap = 0.0 if cost == 0 else (cost - value) / cost
-    best.solver = dataclasses.replace(best.solver, status="optimal" if value >= cost else "feasible",
-                                      objective=cost, bound=value, gap=gap)
+    best.solver = SolverInfo.proven(best.solver.name, cost, value, best.solver.seconds)
     return how
 
 

@@ -81,6 +81,14 @@ class SolverInfo:
     gap: float | None = None  # (objective - bound) / objective; 0.0 when optimal
     seconds: float = 0.0
 
+    @staticmethod
+    def proven(name: str, objective: float, bound: float, seconds: float = 0.0) -> SolverInfo:
+        """A solution of `objective` with a proven `bound` (capped at the objective):
+        "optimal" when it meets it, else "feasible" with the gap (DESIGN §4)."""
+        bound = min(bound, objective)
+        return SolverInfo(name, "optimal" if objective <= bound else "feasible", objective, bound,
+                          0.0 if objective == 0 else (objective - bound) / objective, seconds)
+
 
 @dataclass
 class Plan:

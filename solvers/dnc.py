@@ -129,11 +129,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     if len(order) <= params.segment_ops:  # one segment: the exact solver on the whole problem
         p = exact_solver.solve(problem, exact_solver.Params(time_limit=_left(deadline), schedule=order,
                                                             backend=params.backend))
-        cost = p.solver.objective
-        bound = min(cost, max(p.solver.bound, target))
-        p.solver = dataclasses.replace(p.solver, name="dnc", status="optimal" if cost <= bound else "feasible",
-                                       bound=bound, gap=0.0 if cost == 0 else (cost - bound) / cost,
-                                       seconds=time.perf_counter() - t0)
+        p.solver = SolverInfo.proven("dnc", p.solver.objective, max(p.solver.bound, target), time.perf_counter() - t0)
         p.extra = {**p.extra, "segments": 1}
         _report(params, p.solver.objective, t0)
         return p
@@ -187,10 +183,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         log += found.extra["log"]
         if found.solver.objective < best_cost:
             best_cost, best, source = found.solver.objective, found, "lns"
-    bound = min(best_cost, target)
-    status = "optimal" if best_cost <= bound else "feasible"
-    info = SolverInfo("dnc", status, objective=best_cost, bound=bound,
-                      gap=0.0 if best_cost == 0 else (best_cost - bound) / best_cost, seconds=time.perf_counter() - t0)
+    info = SolverInfo.proven("dnc", best_cost, target, time.perf_counter() - t0)
     plan = Plan.build(problem, best.steps, info)
     plan.extra = {"found_by": source, "baselines": {k: v[0] for k, v in base.items()}, "log": log}
     return plan

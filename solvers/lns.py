@@ -117,10 +117,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             width = min(params.max_window_ops, width * 3 // 2)
         else:
             settled = 0
-    bound = min(cost, target)
-    status = "optimal" if cost <= bound else "feasible"
-    info = SolverInfo("lns", status, objective=cost, bound=bound, gap=0.0 if cost == 0 else (cost - bound) / cost,
-                      seconds=time.perf_counter() - t0)
+    info = SolverInfo.proven("lns", cost, target, time.perf_counter() - t0)
     plan = Plan.build(problem, steps, info)
     plan.extra = {"log": log}
     return plan

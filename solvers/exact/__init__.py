@@ -154,11 +154,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             bound = bound if redo else max(bound, joint_bound)
         elif not forced and not joint:
             params.log.append(f"joint model skipped: about {size} columns")
-    cost = best.cost
-    bound = min(bound, cost)
-    status = "optimal" if cost <= bound else "feasible"
-    gap = 0.0 if cost == 0 else (cost - bound) / cost
-    info = SolverInfo("exact", status, objective=cost, bound=bound, gap=gap, seconds=time.perf_counter() - t0)
+    info = SolverInfo.proven("exact", best.cost, bound, time.perf_counter() - t0)
     plan = Plan.build(problem, best.plan.steps, info)
     plan.extra = {"found_by": best.source}
     return plan
