@@ -26,10 +26,17 @@ so a gap can be reported, from three arguments (the best one wins):
 
 The covering bound also has a row per op for the bytes live in *every* order, which is a
 minimum cut (`_Liveness.least`) and may exceed what is certainly live; its spill columns
-are then every tensor that may be live there. On random layered DAGs and RandWire graphs
-neither kind of row sees more than the capacity at any single op (an op's ancestors and
-descendants are few, so some order keeps its live set small), and slices lose what
-crosses their cuts: there the bound stays near 0 (see the benchmarks).
+are then every tensor that may be live there.
+
+4. **Prefixes** (`_prefix_rows`), rows of the same covering programme, by position
+   rather than by op. After its k-th op every order has run a set of k ops closed under
+   predecessors; the least bytes live across such a set plus the next op's outputs (a
+   closure problem with a cardinality row) is live after k ops in every order, and only
+   tensors whose producer can have run and one of whose readers can still be waiting
+   after k ops can be the spilled ones. On random layered DAGs and RandWire graphs no
+   single op sees more than the capacity live in every order (an op's ancestors and
+   descendants are few), but the middle positions do. What stays loose is that a
+   tensor can be live at many positions while the rows only know one at a time.
 
 With `fixed_order` the order is a chain: ancestors are all earlier ops, and both bounds
 hold for that order. With `allow_recompute` an activation may come back by recomputing
@@ -80,8 +87,8 @@ def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None 
         return Bound(0, "capacity holds an order's no-spill peak", time.perf_counter() - t0)
     order = [o.name for o in problem.graph.ops] if problem.fixed_order or order is None else order
     sizes = [k for k in (segment_ops, 4 * segment_ops) if len(order) > k] if not problem.allow_recompute else []
-    cover = _covering(problem, deadline - (0.6 * time_limit if sizes else 0.0))  # slices: the larger share
-    best = Bound(cover, "certain liveness")
+    cover = _covering(problem, deadline - (0.4 * time_limit if sizes else 0.0), order)
+    best = Bound(cover, "live bytes by op and by position")
     for i, k in enumerate(sizes):
         seg = _segments(problem, order, k, time.perf_counter() + (deadline - time.perf_counter()) / (len(sizes) - i))
         if seg > best.bytes:
@@ -90,14 +97,19 @@ def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None 
     return best
 
 
-def _covering(problem: Problem, deadline: float) -> int:
-    """The certain-liveness covering bound in bytes (see the module docstring)."""
+def _covering(problem: Problem, deadline: float, order: list[str] | None = None) -> int:
+    """The covering bound in bytes: certain-liveness and min-cut rows per op, prefix rows
+    per position (see the module docstring); `order`, any topological order, tells which
+    positions can overflow."""
     size = problem.sizes
     a = problem.target.alignment
     cap = align_up(problem.capacity, a)  # padded bytes resident at once fit in this (as in solvers.exact)
     live = _Liveness(problem)
     cost = {t: _spill_cost(problem, t) for t in size}
     rows: list[tuple[int, list[str]]] = []
+    if not problem.fixed_order:  # in a fixed order the certain rows below are exact
+        rows += _prefix_rows(problem, live, order or [o.name for o in live.ops], cap,
+                             time.perf_counter() + 0.45 * (deadline - time.perf_counter()))
     wide = []  # ops where an order could overflow: their least live bytes come from a min cut
     sure_bytes, maybe_bytes = live.bytes(live.sure), live.bytes(live.made)
     for i, o in enumerate(live.ops):
@@ -109,7 +121,7 @@ def _covering(problem: Problem, deadline: float) -> int:
         reach = base + maybe_bytes[i] - sum(live.pad[t] for t in own if live.holds(live.made, t, i)) - cap
         if reach > max(excess, 0):
             wide.append((reach, i, own))
-    flows_until = time.perf_counter() + 0.5 * (deadline - time.perf_counter())  # the rest: the programme
+    flows_until = time.perf_counter() + 0.3 * (deadline - time.perf_counter())  # the rest: the programme
     for _, i, own in sorted(wide, key=lambda w: -w[0]):
         if time.perf_counter() > flows_until:
             break
@@ -132,6 +144,112 @@ def _covering(problem: Problem, deadline: float) -> int:
     res = backends.solve(m, "highs", max(left, 0.2), 1, None, bound_only=True)
     # every row can be covered (an op's own tensors fit, check_budget), so no infinite bound
     return max(0, math.ceil(res.bound - 1e-6) * cunit) if math.isfinite(res.bound) else 0
+
+
+def _prefix_rows(problem: Problem, live: "_Liveness", order: list[str], cap: int,
+                 until: float) -> list[tuple[int, list[str]]]:
+    """Covering rows per position k: after its k-th op, every order has run a set I of k
+    ops closed under predecessors, and before its next op v runs, the tensors live across
+    I (made or read in I, read outside it) and v's outputs are resident or in slow memory.
+    The least of their padded bytes over all (I, v), `_prefix_least`, less the capacity,
+    is in slow memory, and only tensors that can be live after k ops can be there.
+
+    `order`'s own prefix is one such I: positions where it fits are skipped. The others
+    are solved fullest first and coarse to fine (n/8 positions apart, then n/16, ...),
+    each on HiGHS with its dual bound when time runs out, until `until`."""
+    n = len(live.ops)
+    pos = {o: i for i, o in enumerate(order)}
+    na = [a.bit_count() for a in live.anc]
+    nd = [d.bit_count() for d in live.desc]
+    g = problem.graph
+    span: dict[str, tuple[int, int]] = {}  # after how many ops a tensor can be live
+    delta = [0] * (n + 2)  # and when it is live in `order`
+    for t in live.tensors:
+        tt = g.tensors[t]
+        readers = [live.index[c] for c in tt.consumers]
+        first = live.index[tt.producer] if tt.producer is not None else min(readers, key=lambda c: na[c])
+        span[t] = (na[first] + 1, max(n - 1 - nd[c] for c in readers))
+        made = pos[tt.producer] if tt.producer is not None else min(pos[c] for c in tt.consumers)
+        delta[made + 1] += live.pad[t]
+        delta[max(pos[c] for c in tt.consumers) + 1] -= live.pad[t]
+    outs = [sum(live.pad[t] for t in o.outputs if t in live.pad) for o in live.ops]
+    across, cut = 0, {}
+    for k in range(1, n):
+        across += delta[k]
+        if across + outs[live.index[order[k]]] > cap:
+            cut[k] = across + outs[live.index[order[k]]]
+    todo = sorted(cut, key=lambda k: -cut[k])
+    rows, done = [], []
+    apart = n // 8
+    while todo and time.perf_counter() < until:
+        for k in todo:
+            left = until - time.perf_counter()
+            if left <= 0:
+                break
+            if any(abs(k - j) <= apart for j in done):
+                continue
+            done.append(k)
+            excess = _prefix_least(problem, live, k, na, nd, outs, min(left, 2.0)) - cap
+            if excess > 0:
+                rows.append((excess, sorted(t for t, (lo, hi) in span.items() if lo <= k <= hi)))
+        todo = [k for k in todo if k not in done]
+        apart //= 2
+    return rows
+
+
+def _prefix_least(problem: Problem, live: "_Liveness", k: int, na: list[int], nd: list[int],
+                  outs: list[int], time_limit: float) -> int:
+    """At least the padded bytes live between the k-th and the next op of any order: a
+    set I of k ops closed under predecessors (a closure problem with one cardinality
+    row, on HiGHS), the next op v (its predecessors in I, itself not), the tensors live
+    across I plus v's outputs. An op with k or more ancestors is outside I, one with n - k
+    or more descendants inside; the others are columns."""
+    g = problem.graph
+    n = len(live.ops)
+    m = backends.Model()
+    state: list[int | None] = [0 if na[i] + 1 > k else 1 if n - 1 - nd[i] < k else None for i in range(n)]
+    x = {i: m.var(f"x_{i}") for i in range(n) if state[i] is None}
+    preds = [{live.index[p] for t in o.inputs if (p := g.tensors[t].producer) is not None} for o in live.ops]
+
+    def at_least(terms: dict[int, int], ops: list[tuple[int, int]], lo: int, name: str) -> None:
+        """Adds sum(terms) + sum(c * [op in I] for c, op in ops) >= lo, fixed ops folded in."""
+        for c, i in ops:
+            if state[i] is None:
+                terms[x[i]] = terms.get(x[i], 0) + c
+            else:
+                lo -= c * state[i]
+        m.row(name, terms, lo=lo)
+
+    for j in x:
+        for p in preds[j]:
+            if state[p] is None:
+                m.row(f"closed_{p}_{j}", {x[p]: 1, x[j]: -1}, lo=0)
+    inside = sum(1 for s in state if s == 1)
+    m.row("k", {c: 1 for c in x.values()}, lo=k - inside, hi=k - inside)
+    for t in live.tensors:
+        tt = g.tensors[t]
+        ends = [live.index[c] for c in tt.consumers]
+        starts = [live.index[tt.producer]] if tt.producer is not None else ends
+        if all(state[s] == 0 for s in starts) or all(state[c] == 1 for c in ends):
+            continue  # not made yet, or read by all
+        if any(state[s] == 1 for s in starts) and any(state[c] == 0 for c in ends):
+            m.offset += live.pad[t]
+            continue
+        z = m.var(f"live_{t}", cost=live.pad[t])
+        for s in starts:
+            for c in ends:
+                if s != c and state[s] != 0 and state[c] != 1:
+                    at_least({z: 1}, [(-1, s), (1, c)], 0, f"live_{t}_{s}_{c}")  # made and not all read
+    nxt = {}
+    for v in range(n):
+        if state[v] != 1 and all(state[p] != 0 for p in preds[v]):
+            nxt[v] = e = m.var(f"next_{v}", cost=outs[v])
+            at_least({e: -1}, [(-1, v)], -1, f"next_out_{v}")
+            for p in preds[v]:
+                at_least({e: -1}, [(1, p)], 0, f"next_after_{p}_{v}")
+    m.row("one_next", {e: 1 for e in nxt.values()}, lo=1, hi=1)
+    res = backends.solve(m, "highs", time_limit, 1, None, bound_only=True)
+    return math.ceil(res.bound - 1e-6) if math.isfinite(res.bound) else 0
 
 
 class _Liveness:
@@ -287,7 +405,7 @@ def _segments(problem: Problem, order: list[str], segment_ops: int, deadline: fl
     for i, k in enumerate(todo):
         until = time.perf_counter() + (deadline - time.perf_counter()) / (len(todo) - i)
         sub = subs[k]
-        got = _covering(sub, time.perf_counter() + (until - time.perf_counter()) / 3)
+        got = _covering(sub, time.perf_counter() + (until - time.perf_counter()) / 3, [o.name for o in sub.graph.ops])
         if until - time.perf_counter() > 0.5:
             p = exact.solve(sub, exact.Params(time_limit=until - time.perf_counter(),
                                               schedule=[o.name for o in sub.graph.ops]))

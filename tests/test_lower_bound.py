@@ -29,7 +29,7 @@ def test_never_above_the_optimum(g, budget, segment_ops, fixed):
     pr, b = at(g, budget, fixed)
     order = b.order if not fixed else [o.name for o in g.ops]
     best = optimum(pr, order)
-    assert _covering(pr, 1e18) <= best
+    assert _covering(pr, 1e18, order) <= best
     assert _segments(pr, order, segment_ops, 1e18) <= best  # several owned slices
     lb = lower_bound(pr, 5.0, order=order, segment_ops=segment_ops)
     assert 0 <= lb.bytes <= best and lb.how
@@ -49,6 +49,19 @@ def test_positive_where_every_order_must_spill():
     pr = Problem(g, T.with_capacity(1344))
     lb = lower_bound(pr, 5.0)
     assert lb.bytes == 640 == optimum(pr, ["a", "b", "c"])
+
+
+def test_positions_see_what_no_op_sees():
+    # u1 and u2 both read x and make y1, y2, which v reads. No op has more than 1,344 B of
+    # its own and certainly live tensors, but after the first op (u1 or u2) x, the made y
+    # and the next op's y are live: 1,920 B. One of x (a reload, 640 B) or the made y (a
+    # store and a reload, 1,280 B) is in slow memory then; the optimum stores and reloads
+    # the y, since the next op reads x.
+    g = build([("u1", ["x"], ["y1"]), ("u2", ["x"], ["y2"]), ("v", ["y1", "y2"], ["z"])],
+              {"x": 640, "y1": 640, "y2": 640, "z": 64})
+    pr = Problem(g, T.with_capacity(1344))
+    lb = lower_bound(pr, 5.0)
+    assert (lb.bytes, optimum(pr, ["u1", "u2", "v"])) == (640, 1280) and "position" in lb.how
 
 
 def test_slices_add_up():
