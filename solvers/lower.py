@@ -87,12 +87,14 @@ def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None 
         return Bound(0, "capacity holds an order's no-spill peak", time.perf_counter() - t0)
     order = [o.name for o in problem.graph.ops] if problem.fixed_order or order is None else order
     sizes = [k for k in (segment_ops, 4 * segment_ops) if len(order) > k] if not problem.allow_recompute else []
-    cover = _covering(problem, deadline - (0.4 * time_limit if sizes else 0.0), order)
-    best = Bound(cover, "live bytes by op and by position")
-    for i, k in enumerate(sizes):
-        seg = _segments(problem, order, k, time.perf_counter() + (deadline - time.perf_counter()) / (len(sizes) - i))
+    best = Bound(0, "no argument found a spill")
+    for i, k in enumerate(sizes):  # first, on up to 40% of the time; the covering takes what they leave
+        seg = _segments(problem, order, k, time.perf_counter() + (t0 + 0.4 * time_limit - time.perf_counter()) / (len(sizes) - i))
         if seg > best.bytes:
             best = Bound(seg, f"slices of about {k} ops")
+    cover = _covering(problem, deadline, order)
+    if cover > best.bytes:
+        best = Bound(cover, "live bytes by op and by position")
     best.seconds = time.perf_counter() - t0
     return best
 
@@ -109,7 +111,7 @@ def _covering(problem: Problem, deadline: float, order: list[str] | None = None)
     rows: list[tuple[int, list[str]]] = []
     if not problem.fixed_order:  # in a fixed order the certain rows below are exact
         rows += _prefix_rows(problem, live, order or [o.name for o in live.ops], cap,
-                             time.perf_counter() + 0.45 * (deadline - time.perf_counter()))
+                             time.perf_counter() + 0.6 * (deadline - time.perf_counter()))
     wide = []  # ops where an order could overflow: their least live bytes come from a min cut
     sure_bytes, maybe_bytes = live.bytes(live.sure), live.bytes(live.made)
     for i, o in enumerate(live.ops):
@@ -155,8 +157,10 @@ def _prefix_rows(problem: Problem, live: "_Liveness", order: list[str], cap: int
     is in slow memory, and only tensors that can be live after k ops can be there.
 
     `order`'s own prefix is one such I: positions where it fits are skipped. The others
-    are solved fullest first and coarse to fine (n/8 positions apart, then n/16, ...),
-    each on HiGHS with its dual bound when time runs out, until `until`."""
+    get the LP relaxation first, fullest first and coarse to fine (n/8 positions apart,
+    then n/16, ...), on up to 15% of the time; then the MIP (its dual bound when time
+    runs out), the positions whose relaxation came nearest the capacity first, until
+    `until`."""
     n = len(live.ops)
     pos = {o: i for i, o in enumerate(order)}
     na = [a.bit_count() for a in live.anc]
@@ -178,32 +182,32 @@ def _prefix_rows(problem: Problem, live: "_Liveness", order: list[str], cap: int
         across += delta[k]
         if across + outs[live.index[order[k]]] > cap:
             cut[k] = across + outs[live.index[order[k]]]
-    todo = sorted(cut, key=lambda k: -cut[k])
-    rows, done = [], []
-    apart = n // 8
-    while todo and time.perf_counter() < until:
+    least: dict[int, int] = {}  # position -> bytes live after it in every order, at least
+    todo, apart = sorted(cut, key=lambda k: -cut[k]), n // 8
+    lps_until = time.perf_counter() + 0.15 * (until - time.perf_counter())
+    while todo and time.perf_counter() < lps_until:  # relaxations: fast, and close to the MIP
         for k in todo:
-            left = until - time.perf_counter()
-            if left <= 0:
+            if time.perf_counter() > lps_until:
                 break
-            if any(abs(k - j) <= apart for j in done):
-                continue
-            done.append(k)
-            excess = _prefix_least(problem, live, k, na, nd, outs, min(left, 2.0)) - cap
-            if excess > 0:
-                rows.append((excess, sorted(t for t, (lo, hi) in span.items() if lo <= k <= hi)))
-        todo = [k for k in todo if k not in done]
+            if all(abs(k - j) > apart for j in least):
+                least[k] = _prefix_least(problem, live, k, na, nd, outs, until - time.perf_counter(), relax=True)
+        todo = [k for k in todo if k not in least]
         apart //= 2
-    return rows
+    for k in sorted(least, key=lambda k: -least[k]):  # then the MIP, nearest the capacity first
+        if time.perf_counter() > until:
+            break
+        least[k] = max(least[k], _prefix_least(problem, live, k, na, nd, outs, min(until - time.perf_counter(), 2.0)))
+    return [(m - cap, sorted(t for t, (lo, hi) in span.items() if lo <= k <= hi)) for k, m in least.items() if m > cap]
 
 
 def _prefix_least(problem: Problem, live: "_Liveness", k: int, na: list[int], nd: list[int],
-                  outs: list[int], time_limit: float) -> int:
+                  outs: list[int], time_limit: float, relax: bool = False) -> int:
     """At least the padded bytes live between the k-th and the next op of any order: a
     set I of k ops closed under predecessors (a closure problem with one cardinality
     row, on HiGHS), the next op v (its predecessors in I, itself not), the tensors live
     across I plus v's outputs. An op with k or more ancestors is outside I, one with n - k
-    or more descendants inside; the others are columns."""
+    or more descendants inside; the others are columns. `relax`: the LP relaxation's
+    optimum, a weaker bound found in a fraction of the time."""
     g = problem.graph
     n = len(live.ops)
     m = backends.Model()
@@ -248,8 +252,8 @@ def _prefix_least(problem: Problem, live: "_Liveness", k: int, na: list[int], nd
             for p in preds[v]:
                 at_least({e: -1}, [(1, p)], 0, f"next_after_{p}_{v}")
     m.row("one_next", {e: 1 for e in nxt.values()}, lo=1, hi=1)
-    res = backends.solve(m, "highs", time_limit, 1, None, bound_only=True)
-    return math.ceil(res.bound - 1e-6) if math.isfinite(res.bound) else 0
+    res = backends.solve(m, "highs", max(time_limit, 0.05), 1, None, bound_only=True, relax=relax)
+    return math.ceil(res.bound - 1e-6 * max(1.0, abs(res.bound))) if math.isfinite(res.bound) else 0
 
 
 class _Liveness:

@@ -89,17 +89,20 @@ class Result:
 
 def solve(model: Model, backend: str, time_limit: float, threads: int, hint: list[int] | None,
           dump: str | None = None, bound_only: bool = False, isolate: bool = False,
-          stop_at: float | None = None) -> Result:
+          stop_at: float | None = None, relax: bool = False) -> Result:
     """Solves `model`; `bound_only` spends no effort on primal heuristics (HiGHS), for
     models solved for their bound; `stop_at` ends a HiGHS solve once its bound reaches it
     (a relaxation needs to prove no more than the best plan's cost); `isolate` runs the solve in a child process that is
-    killed at the time limit (HiGHS's root cut loop can overrun its own limit by minutes)."""
+    killed at the time limit (HiGHS's root cut loop can overrun its own limit by minutes);
+    `relax` solves the LP relaxation (HiGHS) for its optimum, a bound, and no solution."""
     t0 = time.perf_counter()
     if backend not in ("highs", "cbc", "cpsat"):
         raise ValueError(f"unknown backend {backend!r}; choose highs, cbc or cpsat")
+    if relax and backend != "highs":
+        raise ValueError("only the highs backend solves relaxations")
     if not model.lb:  # nothing to decide (HiGHS reports no solution for an empty model)
         return Result(OPTIMAL, [], model.offset, model.offset, time.perf_counter() - t0)
-    args = (backend, model, max(time_limit, 0.05), threads, hint, dump, bound_only, stop_at)
+    args = (backend, model, max(time_limit, 0.05), threads, hint, dump, bound_only, stop_at, relax)
     # OR-Tools and highspy each bundle HiGHS, and one process cannot load both: the one
     # that would clash runs in a fresh child process.
     clash = "ortools" if backend != "cpsat" else "highspy"
@@ -167,14 +170,14 @@ def _child(src: str, dst: str) -> None:
 
 
 def _run(backend: str, model: Model, time_limit: float, threads: int, hint, dump, bound_only: bool,
-         stop_at: float | None = None):
+         stop_at: float | None = None, relax: bool = False):
     if backend == "highs":
-        return _highs(model, time_limit, threads, hint, dump, bound_only, stop_at)
+        return _highs(model, time_limit, threads, hint, dump, bound_only, stop_at, relax)
     return {"cbc": _cbc, "cpsat": _cpsat}[backend](model, time_limit, threads, hint, dump)
 
 
 def _highs(model: Model, time_limit: float, threads: int, hint, dump, bound_only: bool = False,
-           stop_at: float | None = None):
+           stop_at: float | None = None, relax: bool = False):
     import highspy
 
     h = _quiet_highs()
@@ -186,7 +189,7 @@ def _highs(model: Model, time_limit: float, threads: int, hint, dump, bound_only
     h.setOptionValue("random_seed", 0)
     if bound_only:
         h.setOptionValue("mip_heuristic_effort", 0.0)
-    lp = _highs_lp(model, integral=True)
+    lp = _highs_lp(model, integral=not relax)
     if dump:
         lp.col_names_, lp.row_names_ = list(model.names), list(model.row_names)
     h.passModel(lp)
@@ -204,6 +207,8 @@ def _highs(model: Model, time_limit: float, threads: int, hint, dump, bound_only
     x = list(h.getSolution().col_value) if has_x else None
     if ms == highspy.HighsModelStatus.kInfeasible:
         return INFEASIBLE, None, math.inf
+    if relax:
+        return NO_SOLUTION, None, info.objective_function_value if ms == highspy.HighsModelStatus.kOptimal else -math.inf
     if ms == highspy.HighsModelStatus.kOptimal and has_x:
         return OPTIMAL, x, info.objective_function_value
     bound = info.mip_dual_bound
