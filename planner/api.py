@@ -18,6 +18,7 @@ from planner.errors import BadInput, PlannerError, SolverTimeout
 from planner.ir import Graph, Target, get_target
 from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
+from planner.solvers.lower import Beside, Bound, lower_bound
 from planner.units import budget_name, parse_bytes
 
 def load_graph(model: Any, *, target: str | Target = "cosma-int8", inputs: tuple | None = None,
@@ -105,8 +106,8 @@ def plan(model: Any, budget: int | str | None = None, *, target: str | Target = 
         too (`track_weights`).
     target : a preset name (planner.ir.TARGETS) or a Target.
     solver : a registered solver, "baseline" (best of COSMA's four) or "auto".
-    time_limit : seconds for the whole solve, bounds included (the lower bound takes a
-        tenth, at most 10 s).
+    time_limit : seconds for the whole solve, bounds included (the lower bound runs in a
+        second process beside the solvers, until the limit or until it proves the plan).
     fuse : fold BN and activations into the op before them; default: True on
         accelerator targets, False on GPU targets.
     decompose_attention : lower a torch model's scaled_dot_product_attention as separate
@@ -172,44 +173,19 @@ def plan_problem(graph: Graph, target: Target, budget_bytes: int, budgets: _boun
         say("computing M_R / M_P")
         budgets = _bounds.budgets(problem, time_limit=max(1.0, time_limit / 3))
     b = budgets
-    lower = _lower_bound(problem, b, time_limit, say)
     chosen = registry.members(solver, problem)
-    best: Plan | None = None
-    candidates: list[dict[str, Any]] = []
-    found = [(lower.bytes, f"lower bound: {lower.how}")]  # (bytes, how) from every source
-    for name in chosen:
-        remaining = time_limit - (time.perf_counter() - t0)
-        if best is not None and _proven(best, found):
-            candidates.append({"solver": name, "skipped": "best plan proven optimal"})
-            continue
-        if remaining <= 0 and best is not None:
-            candidates.append({"solver": name, "skipped": "time limit"})
-            continue
-        if name == "exact" and "dnc" in chosen:
-            remaining *= AUTO_EXACT_SHARE  # dnc gets the rest unless exact proves the optimum
-        say(f"solving with {name}")
-        ordered = (name.startswith("minpeak") or name in ("exact", "dnc")) and not fixed_order  # reuse the M_P order
-        run = registry.solver(name, time_limit=max(remaining, 1.0), schedule=b.order if ordered else None,
-                              lower_bound=lower.bytes, progress=_relay(name, say, found, t0))
-        try:
-            p = run(problem)
-        except SolverTimeout as e:
-            candidates.append({"solver": name, "error": str(e)})
-            continue
-        if validate or p.metrics is None:
-            from planner.runtime.simulator import simulate
-
-            p.metrics = simulate(p, graph, problem.target, check_metrics=False).metrics
-        candidates.append({"solver": name, "noncompulsory_bytes": p.metrics.noncompulsory_bytes,
-                           "peak_bytes": p.metrics.peak_bytes, "status": p.solver.status, "bound": p.solver.bound,
-                           "seconds": round(p.solver.seconds, 4)})
-        if p.solver.bound is not None:
-            found.append((p.solver.bound, name))
-        say(f"{name}: {p.metrics.noncompulsory_bytes} non-compulsory bytes")
-        if best is None or _key(p) < _key(best):
-            best = p
-    if best is None:
-        raise SolverTimeout(f"no plan within the time limit of {time_limit:g} s; raise --time-limit")
+    lower = _lower_bound(problem, b, chosen, time_limit - (time.perf_counter() - t0), say)
+    try:
+        best, candidates, found = _portfolio(problem, b, chosen, lower, time_limit, t0, fixed_order, validate, say)
+        assert best.metrics is not None
+        if isinstance(lower, Beside):  # what the bound proves by the time limit, or until it proves the plan
+            say("lower bound")
+            left = 0.0 if _proven(best, found, 0) else time_limit + BOUND_GRACE - (time.perf_counter() - t0)
+            lower = lower.finish(left, enough=best.metrics.noncompulsory_bytes)
+    finally:
+        if isinstance(lower, Beside):  # an error or Ctrl-C on the way: stop the child
+            lower.stop()
+    found.append((lower.bytes, f"lower bound: {lower.how}"))
     how = _report_bound(best, found)
     best.extra = {
         **best.extra,  # what the solver itself reported (e.g. exact's found_by, dnc's passes)
@@ -224,43 +200,98 @@ def plan_problem(graph: Graph, target: Target, budget_bytes: int, budgets: _boun
     return best
 
 
+def _portfolio(problem: Problem, b: _bounds.Budgets, chosen: tuple[str, ...], lower: Bound | Beside,
+               time_limit: float, t0: float, fixed_order: bool, validate: bool, say: Callable[[str], None]
+               ) -> tuple[Plan, list[dict[str, Any]], list[tuple[float, str]]]:
+    """Runs the `chosen` solvers in turn, each replayed by the simulator: the best plan,
+    what each member did, and the (bytes, solver) bounds they proved. A member is skipped
+    once the best plan meets a bound (theirs or the lower bound so far)."""
+    from planner.runtime.simulator import simulate
+
+    now = (lambda: lower.bytes) if isinstance(lower, Bound) else lower.now
+    best: Plan | None = None
+    candidates: list[dict[str, Any]] = []
+    found: list[tuple[float, str]] = []
+    for name in chosen:
+        remaining = time_limit - (time.perf_counter() - t0)
+        if best is not None and _proven(best, found, now()):
+            candidates.append({"solver": name, "skipped": "best plan proven optimal"})
+            continue
+        if remaining <= 0 and best is not None:
+            candidates.append({"solver": name, "skipped": "time limit"})
+            continue
+        if name == "exact" and "dnc" in chosen:
+            remaining *= AUTO_EXACT_SHARE  # dnc gets the rest unless exact proves the optimum
+        say(f"solving with {name}")
+        ordered = (name.startswith("minpeak") or name in ("exact", "dnc")) and not fixed_order  # reuse the M_P order
+        run = registry.solver(name, time_limit=max(remaining, 1.0), schedule=b.order if ordered else None,
+                              lower_bound=now, progress=_relay(name, say, found, now, t0))
+        try:
+            p = run(problem)
+        except SolverTimeout as e:
+            candidates.append({"solver": name, "error": str(e)})
+            continue
+        if validate or p.metrics is None:
+            p.metrics = simulate(p, problem.graph, problem.target, check_metrics=False).metrics
+        candidates.append({"solver": name, "noncompulsory_bytes": p.metrics.noncompulsory_bytes,
+                           "peak_bytes": p.metrics.peak_bytes, "status": p.solver.status, "bound": p.solver.bound,
+                           "seconds": round(p.solver.seconds, 4)})
+        if p.solver.bound is not None:
+            found.append((p.solver.bound, name))
+        say(f"{name}: {p.metrics.noncompulsory_bytes} non-compulsory bytes")
+        if best is None or _key(p) < _key(best):
+            best = p
+    if best is None:
+        raise SolverTimeout(f"no plan within the time limit of {time_limit:g} s; raise --time-limit")
+    return best, candidates, found
+
+
 # Of the time left after the baselines, the share `auto` gives the exact solver when dnc follows.
 AUTO_EXACT_SHARE = 0.5
-# The lower bound's share of the time limit, and its most seconds.
+# Seconds the lower bound may run past the time limit (its solves overrun a little), and
+# its share of the limit (at most BOUND_MAX_SECONDS) when no member searches.
+BOUND_GRACE = 1.0
 BOUND_SHARE, BOUND_MAX_SECONDS = 0.2, 20.0
 
 
-def _lower_bound(problem: Problem, b: _bounds.Budgets, time_limit: float, say: Callable[[str], None]):
-    """`solvers.lower.lower_bound`, once per plan, on a fifth of the time (at most 20 s): on
-    graphs exact cannot prove, the bound is what the reported gap stands on."""
-    from planner.solvers.lower import lower_bound
+def _lower_bound(problem: Problem, b: _bounds.Budgets, chosen: tuple[str, ...], left: float,
+                 say: Callable[[str], None]) -> Bound | Beside:
+    """`solvers.lower.lower_bound`, once per plan: on graphs exact cannot prove, the bound
+    is what the reported gap stands on. When the capacity holds the no-spill peak it is 0
+    at once; otherwise it runs in a child process beside the solvers (`Beside`), for the
+    time `left` when a member searches (exact, dnc), else for a fifth of it (at most 20 s):
+    the baselines alone return in seconds, and the bound should not keep them waiting."""
+    order = None if problem.fixed_order else b.order
+    if problem.capacity >= b.m_p:
+        return lower_bound(problem, 0.0, peak=b.m_p)
+    searching = any(m in ("exact", "dnc") for m in chosen)
+    seconds = left - BOUND_GRACE if searching else min(BOUND_MAX_SECONDS, BOUND_SHARE * left)
+    say("lower bound (beside the solvers)")
+    return Beside(problem, max(seconds, 0.5), peak=b.m_p, order=order)
 
-    say("lower bound")
-    return lower_bound(problem, min(BOUND_MAX_SECONDS, BOUND_SHARE * time_limit), peak=b.m_p,
-                       order=None if problem.fixed_order else b.order)
 
-
-def _relay(name: str, say: Callable[[str], None], found: list[tuple[float, str]],
+def _relay(name: str, say: Callable[[str], None], found: list[tuple[float, str]], now: Callable[[], float],
            t0: float) -> Callable[[dict[str, Any]], None]:
     """A solver's progress reports (dicts) as the one-line strings of plan()'s callback:
     "dnc: 1,234,560 B non-compulsory (gap 10.9%), 23 s", the gap against the best bound
-    known (the report's own `bound` too), seconds since plan() began. A report without
+    known (the members', the lower bound's so far `now()`, the report's own `bound`), seconds
+    since plan() began. A report without
     `noncompulsory_bytes` is shown as its keys and values."""
     def report(info: dict[str, Any]) -> None:
         cost = info.get("noncompulsory_bytes")
         if cost is None:
             say(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
             return
-        bound = min(cost, max([v for v, _ in found] + [info.get("bound") or 0]))
+        bound = min(cost, max([v for v, _ in found] + [now(), info.get("bound") or 0]))
         gap = f" (gap {(cost - bound) / cost:.1%})" if cost else ""
         say(f"{name}: {cost:,} B non-compulsory{gap}, {time.perf_counter() - t0:.0f} s")
 
     return report
 
 
-def _proven(best: Plan, found: list[tuple[float, str]]) -> bool:
+def _proven(best: Plan, found: list[tuple[float, str]], lower: float) -> bool:
     assert best.metrics is not None
-    return max(v for v, _ in found) >= best.metrics.noncompulsory_bytes
+    return max([v for v, _ in found] + [lower]) >= best.metrics.noncompulsory_bytes
 
 
 def _report_bound(best: Plan, found: list[tuple[float, str]]) -> str:

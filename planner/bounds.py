@@ -20,6 +20,7 @@ result is an upper bound, labelled as such.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Union
 
 from planner.errors import Infeasible
 from planner.ir import Bytes
@@ -47,6 +48,19 @@ def check_budget(problem: Problem) -> None:
         kind = problem.graph.op(op).type  # the type too: users find 'n14' in their model as a Sum
         raise Infeasible(f"budget {problem.capacity} B is below M_R = {need} B, set by op {op!r} ({kind}; "
                          f"its inputs and outputs must be resident together)", op=op, minimum=need)
+
+
+# A solver's `lower_bound` parameter: bytes of non-compulsory traffic no plan beats, or a
+# function giving the best such bound known so far (`solvers.lower.Beside`, a bound
+# computed in another process while the solver runs), or None (nothing known).
+LowerBound = Union[float, Callable[[], float], None]
+
+
+def known(lower_bound: LowerBound) -> float:
+    """The bytes a `LowerBound` stands for now (0 for None)."""
+    if lower_bound is None:
+        return 0.0
+    return float(lower_bound() if callable(lower_bound) else lower_bound)
 
 
 def live_bytes(problem: Problem, order: list[str]) -> list[Bytes]:

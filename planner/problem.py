@@ -3,6 +3,7 @@ budget, and the options of DESIGN §3. Precondition for every solver: the graph 
 views are folded, and sizes are taken after the target's dtype overrides."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from planner.ir import Bytes, Graph, Op, Target
@@ -27,6 +28,13 @@ class Problem:
     @property
     def capacity(self) -> Bytes:
         return self.target.capacity
+
+    def portable(self) -> Problem:
+        """The problem with ops stripped of their `fn` (torch callables do not pickle), to
+        ship to another process."""
+        ops = [Op(o.name, o.type, list(o.inputs), list(o.outputs), o.flops) for o in self.graph.ops]
+        return Problem(dataclasses.replace(self.graph, ops=ops), self.target, self.fixed_order,
+                       self.allow_recompute, self.recompute_weight)
 
     def tensors_of(self, op: Op) -> list[str]:
         """The tracked tensors `op` needs resident when it computes: inputs, then outputs."""

@@ -58,7 +58,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from planner.bounds import check_budget, min_peak
+from planner.bounds import LowerBound, check_budget, known, min_peak
 from planner.ir import Graph, Op, Tensor
 from planner.plan import Plan, SolverInfo, Step
 from planner.problem import Problem, align_up
@@ -85,7 +85,7 @@ class Params:
     alloc_time_limit: float = 5.0  # seconds for the exact offset search of a stitched plan
     radius: int = 40  # most places an op may move from the guide's order in a segment (0: fixed order)
     lns: bool = True  # after the passes, the large-neighbourhood search (solvers.lns) for the time left
-    lower_bound: float | None = None  # bytes of non-compulsory traffic no plan beats: stop on reaching it
+    lower_bound: LowerBound = None  # no plan moves fewer non-compulsory bytes: stop on reaching it
     progress: Callable[[dict], None] | None = None  # called with {"traffic", "bound", "elapsed"} as the plan improves
 
 
@@ -121,7 +121,6 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     deadline = t0 + (math.inf if params.time_limit is None else params.time_limit)
     check_budget(problem)
     g = problem.graph
-    target = 0 if params.lower_bound is None else params.lower_bound  # no plan moves fewer bytes
     if problem.fixed_order:
         order = [o.name for o in g.ops]
     else:
@@ -129,7 +128,8 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     if len(order) <= params.segment_ops:  # one segment: the exact solver on the whole problem
         p = exact_solver.solve(problem, exact_solver.Params(time_limit=_left(deadline), schedule=order,
                                                             backend=params.backend))
-        p.solver = SolverInfo.proven("dnc", p.solver.objective, max(p.solver.bound, target), time.perf_counter() - t0)
+        bound = max(p.solver.bound, known(params.lower_bound))
+        p.solver = SolverInfo.proven("dnc", p.solver.objective, bound, time.perf_counter() - t0)
         p.extra = {**p.extra, "segments": 1}
         _report(params, p.solver.objective, t0)
         return p
@@ -137,7 +137,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     runs = [(f"{name}-{rep}", baselines.Params(replacement=rep, schedule=sched))
             for name, sched in (("file", None), ("minpeak", order)) for rep in ("belady", "greedy")]
     base = {}
-    portable = _portable(problem) if params.workers > 1 else problem
+    portable = problem.portable() if params.workers > 1 else problem
     for (name, _), pl in zip(runs, _map(params.workers, _baseline, [(portable, bp) for _, bp in runs])):
         base[name] = (_cost(problem, pl), pl)
     best_name = min(base, key=lambda k: base[k][0])
@@ -148,7 +148,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     source = best_name
     # the passes get half the time when the search follows them (they usually need less)
     passes_end = deadline if not params.lns else time.perf_counter() + (deadline - time.perf_counter()) / 2
-    if best_cost > target:
+    if best_cost > known(params.lower_bound):
         for k in range(params.passes):
             if time.perf_counter() > passes_end:
                 log.append(f"pass {k}: skipped, time limit")
@@ -169,9 +169,9 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
                 _report(params, best_cost, t0)
             if cost < guide_cost:
                 guide_cost, guide = cost, pl
-            elif k >= 1 or best_cost <= target:
+            elif k >= 1 or best_cost <= known(params.lower_bound):
                 break  # a pass on the best plan's boundaries that does not improve it: they settled
-    if params.lns and best_cost > target and time.perf_counter() < deadline:
+    if params.lns and best_cost > known(params.lower_bound) and time.perf_counter() < deadline:
         from planner.solvers import lns  # the search re-solves windows as this module's segments
 
         found = lns.solve(problem, lns.Params(
@@ -183,7 +183,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         log += found.extra["log"]
         if found.solver.objective < best_cost:
             best_cost, best, source = found.solver.objective, found, "lns"
-    info = SolverInfo.proven("dnc", best_cost, target, time.perf_counter() - t0)
+    info = SolverInfo.proven("dnc", best_cost, known(params.lower_bound), time.perf_counter() - t0)
     plan = Plan.build(problem, best.steps, info)
     plan.extra = {"found_by": source, "baselines": {k: v[0] for k, v in base.items()}, "log": log}
     return plan
@@ -192,7 +192,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
 def _report(params: Params, traffic: float, t0: float) -> None:
     """Tells `params.progress` (when set) the traffic of the best plan so far."""
     if params.progress is not None:
-        params.progress({"traffic": traffic, "bound": params.lower_bound, "elapsed": time.perf_counter() - t0})
+        params.progress({"traffic": traffic, "bound": known(params.lower_bound), "elapsed": time.perf_counter() - t0})
 
 
 def _map(workers: int, fn, items: list) -> list:
@@ -201,13 +201,6 @@ def _map(workers: int, fn, items: list) -> list:
         with ProcessPoolExecutor(workers) as pool:
             return list(pool.map(fn, items))
     return [fn(x) for x in items]
-
-
-def _portable(problem: Problem) -> Problem:
-    """The problem with ops stripped of their `fn` (torch callables do not pickle)."""
-    ops = [Op(o.name, o.type, list(o.inputs), list(o.outputs), o.flops) for o in problem.graph.ops]
-    g = dataclasses.replace(problem.graph, ops=ops)
-    return Problem(g, problem.target, problem.fixed_order, problem.allow_recompute, problem.recompute_weight)
 
 
 def _baseline(args: tuple[Problem, baselines.Params]) -> Plan:

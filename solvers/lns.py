@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from planner.bounds import check_budget, min_peak
+from planner.bounds import LowerBound, check_budget, known, min_peak
 from planner.plan import Plan, SolverInfo, Step
 from planner.problem import Problem, align_up
 from planner.solvers import alloc, baselines, dnc
@@ -51,7 +51,7 @@ class Params:
     window_time_limit: float = 5.0  # seconds for one window's exact solve, at most (many windows, not a few proofs)
     backend: str = "highs"  # the exact solver's back end
     alloc_time_limit: float = 2.0  # seconds for the exact offset search of a spliced plan
-    lower_bound: float | None = None  # bytes of non-compulsory traffic no plan beats: stop on reaching it
+    lower_bound: LowerBound = None  # no plan moves fewer non-compulsory bytes: stop on reaching it
     progress: Callable[[dict], None] | None = None  # called with {"traffic", "bound", "elapsed"} on each improvement
 
 
@@ -77,7 +77,6 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     t0 = time.perf_counter()
     deadline = t0 + (math.inf if params.time_limit is None else params.time_limit)
     check_budget(problem)
-    target = 0 if params.lower_bound is None else params.lower_bound
     steps = params.start
     if steps is None:  # the best of the four baselines, as dnc and exact start
         order = min_peak(problem, time_limit=None if deadline == math.inf else max(1.0, 0.3 * params.time_limit)).order
@@ -89,7 +88,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         _report(params, cost, t0)
     log: list[str] = []
     width, sweep, settled = params.window_ops, 0, 0
-    while cost > target and time.perf_counter() < deadline and settled < 2:
+    while cost > known(params.lower_bound) and time.perf_counter() < deadline and settled < 2:
         n = sum(1 for s in steps if s.kind == "compute")
         width = min(width, n)
         stride = max(1, width // 2)
@@ -100,7 +99,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         moved = {lo: _moved(problem, steps, cut[lo], cut[lo + width]) for lo in starts}
         improved, tried = 0, 0
         for lo in sorted((lo for lo in starts if moved[lo] > 0), key=lambda lo: (-moved[lo], lo)):
-            if cost <= target or time.perf_counter() >= deadline:
+            if cost <= known(params.lower_bound) or time.perf_counter() >= deadline:
                 break
             found = _window(problem, steps, lo, lo + width, params, deadline)
             tried += 1
@@ -117,7 +116,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             width = min(params.max_window_ops, width * 3 // 2)
         else:
             settled = 0
-    info = SolverInfo.proven("lns", cost, target, time.perf_counter() - t0)
+    info = SolverInfo.proven("lns", cost, known(params.lower_bound), time.perf_counter() - t0)
     plan = Plan.build(problem, steps, info)
     plan.extra = {"log": log}
     return plan
@@ -130,7 +129,7 @@ def traffic(problem: Problem, steps: list[Step]) -> int:
 
 def _report(params: Params, cost: int, t0: float) -> None:
     if params.progress is not None:
-        params.progress({"traffic": cost, "bound": params.lower_bound, "elapsed": time.perf_counter() - t0})
+        params.progress({"traffic": cost, "bound": known(params.lower_bound), "elapsed": time.perf_counter() - t0})
 
 
 def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Params,

@@ -28,7 +28,7 @@ The covering bound also has a row per op for the bytes live in *every* order, wh
 minimum cut (`_Liveness.least`) and may exceed what is certainly live; its spill columns
 are then every tensor that may be live there.
 
-4. **Prefixes** (`_prefix_rows`), rows of the same covering programme, by position
+4. **Prefixes** (`_Positions`), rows of the same covering programme, by position
    rather than by op. After its k-th op every order has run a set of k ops closed under
    predecessors; the least bytes live across such a set plus the next op's outputs (a
    closure problem with a cardinality row) is live after k ops in every order, and only
@@ -42,13 +42,24 @@ With `fixed_order` the order is a chain: ancestors are all earlier ops, and both
 hold for that order. With `allow_recompute` an activation may come back by recomputing
 its producer instead; its spill is charged the lesser of that and a reload, and slices
 are not solved (the exact solver's free-order models do not charge recomputes).
+
+`Beside` runs `lower_bound` in a child process while the planner searches: on two cores
+the bound and the search then each have the whole time limit instead of taking turns,
+and a solver that is handed `Beside.now` stops as soon as the bound proves its plan.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -57,7 +68,7 @@ from planner.problem import Problem, align_up
 from planner.solvers.exact import backends
 from planner.solvers.exact.model import closures
 
-__all__ = ["Bound", "lower_bound"]
+__all__ = ["Beside", "Bound", "lower_bound"]
 
 
 @dataclass
@@ -68,7 +79,8 @@ class Bound:
 
 
 def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None = None,
-                order: list[str] | None = None, segment_ops: int = 40) -> Bound:
+                order: list[str] | None = None, segment_ops: int = 40,
+                report: Callable[[Bound], None] | None = None) -> Bound:
     """A proven lower bound on the non-compulsory bytes of every plan of `problem`.
 
     Parameters
@@ -80,6 +92,7 @@ def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None 
         slices hold the ops that run together); the graph's order when None.
     segment_ops : ops per slice; slices of four times as many are tried too (they lose
         less at their cuts, but each is harder to bound), and the better sum counts.
+    report : called with each better bound as it is found (the last call's is returned).
     """
     t0 = time.perf_counter()
     deadline = t0 + time_limit
@@ -88,30 +101,134 @@ def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None 
     order = [o.name for o in problem.graph.ops] if problem.fixed_order or order is None else order
     sizes = [k for k in (segment_ops, 4 * segment_ops) if len(order) > k] if not problem.allow_recompute else []
     best = Bound(0, "no argument found a spill")
-    for i, k in enumerate(sizes):  # first, on up to 40% of the time; the covering takes what they leave
-        seg = _segments(problem, order, k, time.perf_counter() + (t0 + 0.4 * time_limit - time.perf_counter()) / (len(sizes) - i))
+    for i, k in enumerate(sizes):  # first, on up to 30% of the time; the covering takes what they leave
+        seg = _segments(problem, order, k, time.perf_counter() + (t0 + 0.3 * time_limit - time.perf_counter()) / (len(sizes) - i))
         if seg > best.bytes:
-            best = Bound(seg, f"slices of about {k} ops")
-    cover = _covering(problem, deadline, order)
-    if cover > best.bytes:
-        best = Bound(cover, "live bytes by op and by position")
+            best = Bound(seg, f"slices of about {k} ops", time.perf_counter() - t0)
+            if report is not None:
+                report(best)
+    def better(value: int) -> None:
+        nonlocal best
+        if value > best.bytes:
+            best = Bound(value, "live bytes by op and by position", time.perf_counter() - t0)
+            if report is not None:
+                report(best)
+
+    better(_covering(problem, deadline, order, report=better))
     best.seconds = time.perf_counter() - t0
     return best
 
 
-def _covering(problem: Problem, deadline: float, order: list[str] | None = None) -> int:
+class Beside:
+    """`lower_bound(problem, time_limit, ...)` in a fresh interpreter, started now; the
+    child writes each better bound to a file as it finds one, so the parent can read the
+    best so far at any time (`now`, `best`) and keeps what was found if it has to stop the
+    child early. The child ignores Ctrl-C (the parent handles it) and dies with its parent
+    (Linux). A child that fails raises when it is finished, naming its last error line."""
+
+    def __init__(self, problem: Problem, time_limit: float, *, peak: int | None = None,
+                 order: list[str] | None = None):
+        from planner.solvers.exact.backends import child_setup
+
+        self._dir = tempfile.TemporaryDirectory(prefix="planner-bound-")
+        d = Path(self._dir.name)
+        self._out, self._err = d / "bound.pkl", d / "stderr"
+        (d / "in.pkl").write_bytes(pickle.dumps((problem.portable(), time_limit, peak, order)))
+        code = f"from planner.solvers.lower import _child; _child({str(d)!r})"
+        with open(self._err, "wb") as err:
+            self._proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=err,
+                                          preexec_fn=child_setup)
+        self._best, self._seen = Bound(0, "no argument found a spill"), (0, 0)
+
+    def best(self) -> Bound:
+        """The best bound the child has written so far."""
+        try:
+            st = self._out.stat()
+        except FileNotFoundError:
+            return self._best
+        stamp = (st.st_ino, st.st_mtime_ns)  # each write is a new file (os.replace)
+        if stamp != self._seen:
+            self._best, self._seen = pickle.loads(self._out.read_bytes()), stamp
+        return self._best
+
+    def now(self) -> int:
+        """The best bound's bytes so far: a `LowerBound` for solvers (planner.bounds)."""
+        return self.best().bytes
+
+    def finish(self, timeout: float, enough: float = math.inf) -> Bound:
+        """Waits up to `timeout` seconds for the child to end or to write a bound of at
+        least `enough` bytes (the best plan's traffic: nothing more to prove), then stops
+        it and returns the best bound it wrote."""
+        until = time.perf_counter() + timeout
+        while self._proc.poll() is None and self.now() < enough and time.perf_counter() < until:
+            try:
+                self._proc.wait(timeout=min(0.1, max(until - time.perf_counter(), 0.0)))
+            except subprocess.TimeoutExpired:
+                pass
+        return self.stop()
+
+    def stop(self) -> Bound:
+        """Stops the child now; the best bound it wrote."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        elif self._proc.returncode != 0:
+            last = (self._err.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+            self._dir.cleanup()
+            raise RuntimeError(f"the lower-bound process failed (exit code {self._proc.returncode}): {last}")
+        best = self.best()
+        self._dir.cleanup()
+        return best
+
+
+def _child(folder: str) -> None:
+    """The child of `Beside`: reads its arguments, writes every better bound (atomically)."""
+    d = Path(folder)
+    problem, time_limit, peak, order = pickle.loads((d / "in.pkl").read_bytes())
+
+    def write(b: Bound) -> None:
+        (d / "bound.tmp").write_bytes(pickle.dumps(b))
+        os.replace(d / "bound.tmp", d / "bound.pkl")
+
+    write(lower_bound(problem, time_limit, peak=peak, order=order, report=write))
+
+
+def _covering(problem: Problem, deadline: float, order: list[str] | None = None,
+              report: Callable[[int], None] | None = None) -> int:
     """The covering bound in bytes: certain-liveness and min-cut rows per op, prefix rows
     per position (see the module docstring); `order`, any topological order, tells which
-    positions can overflow."""
-    size = problem.sizes
-    a = problem.target.alignment
-    cap = align_up(problem.capacity, a)  # padded bytes resident at once fit in this (as in solvers.exact)
+    positions can overflow.
+
+    It is anytime: the op rows and the positions' LP relaxations first, the programme
+    solved, then rounds that tighten more positions with their MIPs and solve it again,
+    until every position is tightened or `deadline`; `report` hears each better bound."""
+    cap = align_up(problem.capacity, problem.target.alignment)  # padded bytes resident at once fit (as in exact)
     live = _Liveness(problem)
-    cost = {t: _spill_cost(problem, t) for t in size}
+    rows = _op_rows(problem, live, cap, time.perf_counter() + 0.2 * (deadline - time.perf_counter()))
+    if problem.fixed_order:  # in a fixed order the certain rows are exact: no positions
+        return _programme(problem, live, rows, deadline)
+    positions = _Positions(problem, live, order or [o.name for o in live.ops], cap)
+    positions.relax(time.perf_counter() + 0.15 * (deadline - time.perf_counter()))
+    best = 0
+    while True:
+        last = positions.done() or time.perf_counter() >= deadline
+        until = deadline if last else time.perf_counter() + 0.25 * (deadline - time.perf_counter())
+        value = _programme(problem, live, rows + positions.rows(), until)
+        if value > best:
+            best = value
+            if report is not None:
+                report(best)
+        if last:
+            return best
+        positions.tighten(time.perf_counter() + max(2.0, 0.3 * (deadline - time.perf_counter())))
+
+
+def _op_rows(problem: Problem, live: "_Liveness", cap: int, until: float) -> list[tuple[int, list[str]]]:
+    """Covering rows per op: its own tensors and those live when it computes in every
+    order, and (for ops where some order could overflow, the fullest first, until
+    `until`) the least bytes live then in any order, a minimum cut, over the tensors that
+    may be live then. A row is (bytes in slow memory at least, the tensors that can be)."""
     rows: list[tuple[int, list[str]]] = []
-    if not problem.fixed_order:  # in a fixed order the certain rows below are exact
-        rows += _prefix_rows(problem, live, order or [o.name for o in live.ops], cap,
-                             time.perf_counter() + 0.6 * (deadline - time.perf_counter()))
     wide = []  # ops where an order could overflow: their least live bytes come from a min cut
     sure_bytes, maybe_bytes = live.bytes(live.sure), live.bytes(live.made)
     for i, o in enumerate(live.ops):
@@ -123,81 +240,107 @@ def _covering(problem: Problem, deadline: float, order: list[str] | None = None)
         reach = base + maybe_bytes[i] - sum(live.pad[t] for t in own if live.holds(live.made, t, i)) - cap
         if reach > max(excess, 0):
             wide.append((reach, i, own))
-    flows_until = time.perf_counter() + 0.3 * (deadline - time.perf_counter())  # the rest: the programme
     for _, i, own in sorted(wide, key=lambda w: -w[0]):
-        if time.perf_counter() > flows_until:
+        if time.perf_counter() > until:
             break
         maybe = live.at(live.made, i) - own
         excess = sum(live.pad[t] for t in own) + live.least(i, maybe) - cap
         if excess > 0:
             rows.append((excess, sorted(maybe)))
+    return rows
+
+
+def _programme(problem: Problem, live: "_Liveness", rows: list[tuple[int, list[str]]], until: float) -> int:
+    """The least cost of tensors in slow memory that covers every row: a 0-1 covering
+    programme on HiGHS, its dual bound if `until` comes first."""
     if not rows:
         return 0
+    cost = {t: _spill_cost(problem, t) for _, ts in rows for t in ts}
     m = backends.Model()
     col: dict[str, int] = {}
     unit = math.gcd(*(live.pad[t] for _, ts in rows for t in ts), *(e for e, _ in rows)) or 1
-    cunit = math.gcd(*(cost[t] for _, ts in rows for t in ts)) or 1  # free spills (recompute) cost 0
+    cunit = math.gcd(*cost.values()) or 1  # free spills (recompute) cost 0
     for k, (excess, ts) in enumerate(rows):
         for t in ts:
             if t not in col:
                 col[t] = m.var(f"z_{t}", cost=cost[t] // cunit)
         m.row(f"cover_{k}", {col[t]: live.pad[t] // unit for t in ts}, lo=math.ceil(excess / unit))
-    left = deadline - time.perf_counter()
-    res = backends.solve(m, "highs", max(left, 0.2), 1, None, bound_only=True)
+    res = backends.solve(m, "highs", max(until - time.perf_counter(), 0.2), 1, None, bound_only=True)
     # every row can be covered (an op's own tensors fit, check_budget), so no infinite bound
     return max(0, math.ceil(res.bound - 1e-6) * cunit) if math.isfinite(res.bound) else 0
 
 
-def _prefix_rows(problem: Problem, live: "_Liveness", order: list[str], cap: int,
-                 until: float) -> list[tuple[int, list[str]]]:
+class _Positions:
     """Covering rows per position k: after its k-th op, every order has run a set I of k
     ops closed under predecessors, and before its next op v runs, the tensors live across
     I (made or read in I, read outside it) and v's outputs are resident or in slow memory.
     The least of their padded bytes over all (I, v), `_prefix_least`, less the capacity,
     is in slow memory, and only tensors that can be live after k ops can be there.
 
-    `order`'s own prefix is one such I: positions where it fits are skipped. The others
-    get the LP relaxation first, fullest first and coarse to fine (n/8 positions apart,
-    then n/16, ...), on up to 15% of the time; then the MIP (its dual bound when time
-    runs out), the positions whose relaxation came nearest the capacity first, until
-    `until`."""
-    n = len(live.ops)
-    pos = {o: i for i, o in enumerate(order)}
-    na = [a.bit_count() for a in live.anc]
-    nd = [d.bit_count() for d in live.desc]
-    g = problem.graph
-    span: dict[str, tuple[int, int]] = {}  # after how many ops a tensor can be live
-    delta = [0] * (n + 2)  # and when it is live in `order`
-    for t in live.tensors:
-        tt = g.tensors[t]
-        readers = [live.index[c] for c in tt.consumers]
-        first = live.index[tt.producer] if tt.producer is not None else min(readers, key=lambda c: na[c])
-        span[t] = (na[first] + 1, max(n - 1 - nd[c] for c in readers))
-        made = pos[tt.producer] if tt.producer is not None else min(pos[c] for c in tt.consumers)
-        delta[made + 1] += live.pad[t]
-        delta[max(pos[c] for c in tt.consumers) + 1] -= live.pad[t]
-    outs = [sum(live.pad[t] for t in o.outputs if t in live.pad) for o in live.ops]
-    across, cut = 0, {}
-    for k in range(1, n):
-        across += delta[k]
-        if across + outs[live.index[order[k]]] > cap:
-            cut[k] = across + outs[live.index[order[k]]]
-    least: dict[int, int] = {}  # position -> bytes live after it in every order, at least
-    todo, apart = sorted(cut, key=lambda k: -cut[k]), n // 8
-    lps_until = time.perf_counter() + 0.15 * (until - time.perf_counter())
-    while todo and time.perf_counter() < lps_until:  # relaxations: fast, and close to the MIP
+    `order`'s own prefix is one such I: positions where it fits are never rows. The
+    others get the LP relaxation first (`relax`), then the MIP (`tighten`)."""
+
+    def __init__(self, problem: Problem, live: "_Liveness", order: list[str], cap: int):
+        self.problem, self.live, self.cap = problem, live, cap
+        n = len(live.ops)
+        pos = {o: i for i, o in enumerate(order)}
+        self.na = [a.bit_count() for a in live.anc]
+        self.nd = [d.bit_count() for d in live.desc]
+        g = problem.graph
+        self.span: dict[str, tuple[int, int]] = {}  # after how many ops a tensor can be live
+        delta = [0] * (n + 2)  # and when it is live in `order`
+        for t in live.tensors:
+            tt = g.tensors[t]
+            readers = [live.index[c] for c in tt.consumers]
+            first = live.index[tt.producer] if tt.producer is not None else min(readers, key=lambda c: self.na[c])
+            self.span[t] = (self.na[first] + 1, max(n - 1 - self.nd[c] for c in readers))
+            made = pos[tt.producer] if tt.producer is not None else min(pos[c] for c in tt.consumers)
+            delta[made + 1] += live.pad[t]
+            delta[max(pos[c] for c in tt.consumers) + 1] -= live.pad[t]
+        self.outs = [sum(live.pad[t] for t in o.outputs if t in live.pad) for o in live.ops]
+        across, self.cut = 0, {}  # positions where `order` overflows, and its bytes there
+        for k in range(1, n):
+            across += delta[k]
+            if across + self.outs[live.index[order[k]]] > cap:
+                self.cut[k] = across + self.outs[live.index[order[k]]]
+        self.least: dict[int, int] = {}  # position -> bytes live after it in every order, at least
+        self.tight: set[int] = set()  # positions whose MIP has run
+
+    def relax(self, until: float) -> None:
+        """LP relaxations (fast, and close to the MIP), the fullest positions of `order`
+        first and coarse to fine (n/8 positions apart, then n/16, ...), until `until`."""
+        todo, apart = sorted(self.cut, key=lambda k: -self.cut[k]), len(self.live.ops) // 8
+        while todo and time.perf_counter() < until:
+            for k in todo:
+                if time.perf_counter() > until:
+                    break
+                if all(abs(k - j) > apart for j in self.least):
+                    self.least[k] = self._least(k, until - time.perf_counter(), relax=True)
+            todo = [k for k in todo if k not in self.least]
+            apart //= 2
+
+    def tighten(self, until: float) -> None:
+        """MIPs (at most 2 s each, their dual bound if cut short) until `until`: first
+        where the relaxation came highest, then the positions it did not reach."""
+        todo = sorted(self.least, key=lambda k: -self.least[k]) + sorted(set(self.cut) - set(self.least),
+                                                                         key=lambda k: -self.cut[k])
         for k in todo:
-            if time.perf_counter() > lps_until:
+            if k in self.tight:
+                continue
+            if time.perf_counter() > until:
                 break
-            if all(abs(k - j) > apart for j in least):
-                least[k] = _prefix_least(problem, live, k, na, nd, outs, until - time.perf_counter(), relax=True)
-        todo = [k for k in todo if k not in least]
-        apart //= 2
-    for k in sorted(least, key=lambda k: -least[k]):  # then the MIP, nearest the capacity first
-        if time.perf_counter() > until:
-            break
-        least[k] = max(least[k], _prefix_least(problem, live, k, na, nd, outs, min(until - time.perf_counter(), 2.0)))
-    return [(m - cap, sorted(t for t, (lo, hi) in span.items() if lo <= k <= hi)) for k, m in least.items() if m > cap]
+            self.least[k] = max(self.least.get(k, 0), self._least(k, min(until - time.perf_counter(), 2.0)))
+            self.tight.add(k)
+
+    def done(self) -> bool:
+        return self.tight >= set(self.cut)
+
+    def rows(self) -> list[tuple[int, list[str]]]:
+        return [(m - self.cap, sorted(t for t, (lo, hi) in self.span.items() if lo <= k <= hi))
+                for k, m in self.least.items() if m > self.cap]
+
+    def _least(self, k: int, time_limit: float, relax: bool = False) -> int:
+        return _prefix_least(self.problem, self.live, k, self.na, self.nd, self.outs, time_limit, relax)
 
 
 def _prefix_least(problem: Problem, live: "_Liveness", k: int, na: list[int], nd: list[int],
@@ -320,19 +463,21 @@ class _Liveness:
 
     def least(self, i: int, maybe: set[str]) -> int:
         """The least padded bytes of `maybe` (what may be live when op i computes, its own
-        tensors left out) live then in any order."""
-        import networkx as nx
+        tensors left out) live then in any order: a maximum flow (scipy's Dinic) on the
+        closure network, in units of the padding's gcd."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import maximum_flow
 
         g = self.problem.graph
         n = len(self.ops)
         anc, fixed_after = self.anc[i], self.desc[i] | (1 << i)
+        source, sink = 0, 1  # then op j is node 2 + j, then a top and a bottom node per tensor
 
-        def side(name: str):
+        def side(name: str) -> int:
             j = self.index[name]
-            return "S" if anc >> j & 1 else "T" if fixed_after >> j & 1 else j
+            return source if anc >> j & 1 else sink if fixed_after >> j & 1 else 2 + j
 
-        net = nx.DiGraph()
-        net.add_nodes_from(("S", "T"))
+        edges: list[tuple[int, int, int]] = []  # (from, to, bytes); 0 bytes: uncuttable
         free = ((1 << n) - 1) & ~anc & ~fixed_after
         while free:
             low = free & -free
@@ -340,29 +485,35 @@ class _Liveness:
             free ^= low
             for t in self.ops[j].inputs:
                 p = g.tensors[t].producer
-                if p is not None and side(p) != "S":
-                    net.add_edge(j, side(p))  # j in I puts its predecessors in I
-        const = 0
+                if p is not None and side(p) != source:
+                    edges.append((2 + j, side(p), 0))  # j in I puts its predecessors in I
+        const, nodes = 0, 2 + n
         for t in maybe:
             tt = g.tensors[t]
             ends = {side(c) for c in tt.consumers}
-            if tt.producer is not None:
-                starts = {side(tt.producer)}
-            else:
-                starts = ends
-            if "T" in starts and len(starts) == 1 or ends == {"S"}:
+            starts = {side(tt.producer)} if tt.producer is not None else ends
+            if starts == {sink} or ends == {source}:
                 continue  # made after i, or read before it: dead
-            if "S" in starts and "T" in ends:
+            if source in starts and sink in ends:
                 const += self.pad[t]
                 continue
-            top, bottom = ("top", t), ("bottom", t)
-            for u in starts - {"T"}:
-                if u != "S":
-                    net.add_edge(u, top)
-            net.add_edge("S" if "S" in starts else top, bottom, capacity=self.pad[t])
-            for v in ends - {"S"}:
-                net.add_edge(bottom, v)
-        return const + nx.minimum_cut_value(net, "S", "T")
+            top, bottom = nodes, nodes + 1
+            nodes += 2
+            edges += [(u, top, 0) for u in starts - {sink, source}]
+            edges.append((source if source in starts else top, bottom, self.pad[t]))
+            edges += [(bottom, v, 0) for v in ends - {source}]
+        cut = [c for _, _, c in edges if c]
+        if not cut:
+            return const
+        unit = math.gcd(*cut)
+        big = sum(cut) // unit + 1  # more than any cut of tensor edges: the uncuttable ones
+        if big >= 2**31:
+            raise ValueError("live bytes beyond what a 32-bit flow network holds")
+        u, v, c = zip(*edges)
+        cap = np.array([x // unit if x else big for x in c], dtype=np.int64)
+        m = coo_matrix((cap, (u, v)), shape=(nodes, nodes)).tocsr()
+        m.data = np.minimum(m.data, big).astype(np.int32)  # parallel edges summed, capped
+        return const + int(maximum_flow(m, source, sink, method="dinic").flow_value) * unit
 
 
 def _bits(x: int, n: int) -> np.ndarray:

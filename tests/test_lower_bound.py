@@ -1,13 +1,15 @@
 """solvers.lower: the bound never exceeds the exact optimum (free and fixed orders, whole
 graphs and graphs cut into several owned slices), is 0 where the no-spill peak fits, and
-is positive where every order must spill."""
+is positive where every order must spill; computed in a child process (`Beside`) it is
+the same bound, and a child that fails says so."""
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from planner import bounds
 from planner.ir import Target
 from planner.problem import Problem
 from planner.solvers import exact
-from planner.solvers.lower import _covering, _segments, lower_bound
+from planner.solvers.lower import Beside, _covering, _segments, lower_bound
 from tests.graphs import build, random_dags
 
 T = Target("t", capacity=10**9, alignment=64, element_bytes=1)
@@ -92,3 +94,19 @@ def test_free_recomputes_lower_the_bound():
     pr = Problem(g, T.with_capacity(1408), allow_recompute=True, recompute_weight=0.0)
     assert lower_bound(pr, 5.0).bytes == 0 == exact.solve(pr, exact.Params(time_limit=30)).solver.objective
     assert lower_bound(Problem(g, pr.target), 5.0).bytes == 1280  # without recompute
+
+
+def test_beside_finds_the_same_bound_in_a_child_process():
+    g = build([("u1", ["x"], ["y1"]), ("u2", ["x"], ["y2"]), ("v", ["y1", "y2"], ["z"])],
+              {"x": 640, "y1": 640, "y2": 640, "z": 64})
+    pr = Problem(g, T.with_capacity(1344))
+    here = lower_bound(pr, 5.0)
+    there = Beside(pr, 5.0).finish(60.0)
+    assert (there.bytes, there.how) == (here.bytes, here.how) == (640, here.how)
+    assert Beside(pr, 5.0).finish(60.0, enough=1).bytes == 640  # stops once the bound is enough
+
+
+def test_beside_reports_a_failed_child():
+    g = build([("a", ["x"], ["y"])], {"x": 640, "y": 640})
+    with pytest.raises(RuntimeError, match="lower-bound process failed.*TypeError"):
+        Beside(Problem(g, T.with_capacity(1280)), 5.0, peak="not a number").finish(60.0)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from planner.bounds import check_budget, min_peak
+from planner.bounds import LowerBound, check_budget, known, min_peak
 from planner.plan import Plan, SolverInfo
 from planner.problem import Problem
 from planner.solvers import baselines
@@ -72,8 +72,9 @@ class Params:
     warm_start: bool = True
     # Seconds for each exact packing of a solution's residencies.
     alloc_time_limit: float = 5.0
-    # A proven bound from elsewhere (solvers.lower, from the API): the solve stops once a plan meets it.
-    lower_bound: float | None = None
+    # A proven bound from elsewhere (solvers.lower, from the API): the solve stops once a plan
+    # meets it. The value it has when the solve starts counts.
+    lower_bound: LowerBound = None
     dump_lp: str | None = None  # write the joint model here (LP/MPS by the back end)
     log: list[str] = field(default_factory=list, repr=False)  # one line per round, for benchmarks
 
@@ -116,7 +117,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         for replacement in ("belady", "greedy"):
             p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
             best.offer(p, _cost(problem, p), f"baseline {replacement}")
-    bound = float(params.lower_bound or 0.0)
+    bound = known(params.lower_bound)
     if best.cost > bound:
         # Stage 1: the replacement problem, exactly, on each candidate order. Where the
         # graph leaves one order only (or the order is fixed), its bound is the answer's.

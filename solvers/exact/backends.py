@@ -138,7 +138,7 @@ def _isolated(args: tuple, timeout: float | None):
         src.write_bytes(pickle.dumps(args))
         code = f"from planner.solvers.exact.backends import _child; _child({str(src)!r}, {str(dst)!r})"
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                                preexec_fn=_child_setup)
+                                preexec_fn=child_setup)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -152,7 +152,7 @@ def _isolated(args: tuple, timeout: float | None):
         return pickle.loads(dst.read_bytes())
 
 
-def _child_setup() -> None:
+def child_setup() -> None:
     """Runs in the forked child before exec: ignore SIGINT (Python keeps an ignored SIGINT
     ignored at start-up) and ask Linux for SIGKILL when the parent dies (PR_SET_PDEATHSIG)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
