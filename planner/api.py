@@ -185,7 +185,7 @@ def plan_problem(graph: Graph, target: Target, budget_bytes: int, budgets: _boun
     finally:
         if isinstance(lower, Beside):  # an error or Ctrl-C on the way: stop the child
             lower.stop()
-    found.append((lower.bytes, f"lower bound: {lower.how}"))
+    found.insert(0, (lower.bytes, f"lower bound: {lower.how}"))  # first: a member that relays it ties
     how = _report_bound(best, found)
     best.extra = {
         **best.extra,  # what the solver itself reported (e.g. exact's found_by, dnc's passes)
