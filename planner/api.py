@@ -274,9 +274,9 @@ def _relay(name: str, say: Callable[[str], None], found: list[tuple[float, str]]
            t0: float) -> Callable[[dict[str, Any]], None]:
     """A solver's progress reports (dicts) as the one-line strings of plan()'s callback:
     "dnc: 1,234,560 B non-compulsory (gap 10.9%), 23 s", the gap against the best bound
-    known (the members', the lower bound's so far `now()`, the report's own `bound`), seconds
-    since plan() began. A report without
-    `noncompulsory_bytes` is shown as its keys and values."""
+    known (the members', the lower bound's so far `now()`, the report's own `bound`),
+    seconds since plan() began. A report without `noncompulsory_bytes` is shown as its
+    keys and values."""
     def report(info: dict[str, Any]) -> None:
         cost = info.get("noncompulsory_bytes")
         if cost is None:

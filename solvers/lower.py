@@ -101,19 +101,17 @@ def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None 
     order = [o.name for o in problem.graph.ops] if problem.fixed_order or order is None else order
     sizes = [k for k in (segment_ops, 4 * segment_ops) if len(order) > k] if not problem.allow_recompute else []
     best = Bound(0, "no argument found a spill")
-    for i, k in enumerate(sizes):  # first, on up to 30% of the time; the covering takes what they leave
-        seg = _segments(problem, order, k, time.perf_counter() + (t0 + 0.3 * time_limit - time.perf_counter()) / (len(sizes) - i))
-        if seg > best.bytes:
-            best = Bound(seg, f"slices of about {k} ops", time.perf_counter() - t0)
-            if report is not None:
-                report(best)
-    def better(value: int) -> None:
+
+    def better(value: int, how: str = "live bytes by op and by position") -> None:
         nonlocal best
         if value > best.bytes:
-            best = Bound(value, "live bytes by op and by position", time.perf_counter() - t0)
+            best = Bound(value, how, time.perf_counter() - t0)
             if report is not None:
                 report(best)
 
+    for i, k in enumerate(sizes):  # first, on up to 30% of the time; the covering takes what they leave
+        better(_segments(problem, order, k, time.perf_counter() + (t0 + 0.3 * time_limit - time.perf_counter()) / (len(sizes) - i)),
+               f"slices of about {k} ops")
     better(_covering(problem, deadline, order, report=better))
     best.seconds = time.perf_counter() - t0
     return best
