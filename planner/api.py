@@ -224,8 +224,11 @@ def _portfolio(problem: Problem, b: _bounds.Budgets, chosen: tuple[str, ...], lo
             remaining *= AUTO_EXACT_SHARE  # dnc gets the rest unless exact proves the optimum
         say(f"solving with {name}")
         ordered = (name.startswith("minpeak") or name in ("exact", "dnc")) and not fixed_order  # reuse the M_P order
+        spare = {}
+        if isinstance(lower, Beside) and name == "dnc":  # the bound's process keeps a core of its own
+            spare["workers"] = max(1, min(registry.SOLVERS[name][1]["workers"], (os.cpu_count() or 1) - 1))
         run = registry.solver(name, time_limit=max(remaining, 1.0), schedule=b.order if ordered else None,
-                              lower_bound=now, progress=_relay(name, say, found, now, t0))
+                              lower_bound=now, progress=_relay(name, say, found, now, t0), **spare)
         try:
             p = run(problem)
         except SolverTimeout as e:

@@ -59,7 +59,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -109,10 +109,13 @@ def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None 
             if report is not None:
                 report(best)
 
-    for i, k in enumerate(sizes):  # first, on up to 30% of the time; the covering takes what they leave
+    rounds = _covering(problem, deadline, order)
+    better(next(rounds))  # op rows and the positions' LPs: a first bound within seconds at any size
+    for i, k in enumerate(sizes):  # then slices, on up to 30% of the time; the covering takes what they leave
         better(_segments(problem, order, k, time.perf_counter() + (t0 + 0.3 * time_limit - time.perf_counter()) / (len(sizes) - i)),
                f"slices of about {k} ops")
-    better(_covering(problem, deadline, order, report=better))
+    for value in rounds:
+        better(value)
     best.seconds = time.perf_counter() - t0
     return best
 
@@ -191,34 +194,29 @@ def _child(folder: str) -> None:
     write(lower_bound(problem, time_limit, peak=peak, order=order, report=write))
 
 
-def _covering(problem: Problem, deadline: float, order: list[str] | None = None,
-              report: Callable[[int], None] | None = None) -> int:
-    """The covering bound in bytes: certain-liveness and min-cut rows per op, prefix rows
-    per position (see the module docstring); `order`, any topological order, tells which
-    positions can overflow.
+def _covering(problem: Problem, deadline: float, order: list[str] | None = None) -> Iterator[int]:
+    """The covering bound in bytes, as it grows: certain-liveness and min-cut rows per op,
+    prefix rows per position (see the module docstring); `order`, any topological order,
+    tells which positions can overflow.
 
     It is anytime: the op rows and the positions' LP relaxations first, the programme
-    solved, then rounds that tighten more positions with their MIPs and solve it again,
-    until every position is tightened or `deadline`; `report` hears each better bound."""
+    solved (the first value), then rounds that tighten more positions with their MIPs and
+    solve it again (one value each), until every position is tightened or `deadline`."""
     cap = align_up(problem.capacity, problem.target.alignment)  # padded bytes resident at once fit (as in exact)
     live = _Liveness(problem)
     rows = _op_rows(problem, live, cap, time.perf_counter() + 0.2 * (deadline - time.perf_counter()))
     if problem.fixed_order:  # in a fixed order the certain rows are exact: no positions
-        return _programme(problem, live, rows, deadline)
+        yield _programme(problem, live, rows, deadline)
+        return
     positions = _Positions(problem, live, order or [o.name for o in live.ops], cap)
     positions.relax(time.perf_counter() + 0.15 * (deadline - time.perf_counter()))
-    best = 0
     while True:
         last = positions.done() or time.perf_counter() >= deadline
         until = deadline if last else time.perf_counter() + 0.25 * (deadline - time.perf_counter())
-        value = _programme(problem, live, rows + positions.rows(), until)
-        if value > best:
-            best = value
-            if report is not None:
-                report(best)
+        yield _programme(problem, live, rows + positions.rows(), until)
         if last:
-            return best
-        positions.tighten(time.perf_counter() + max(2.0, 0.3 * (deadline - time.perf_counter())))
+            return
+        positions.tighten(min(deadline, time.perf_counter() + max(2.0, 0.3 * (deadline - time.perf_counter()))))
 
 
 def _op_rows(problem: Problem, live: "_Liveness", cap: int, until: float) -> list[tuple[int, list[str]]]:
@@ -558,7 +556,7 @@ def _segments(problem: Problem, order: list[str], segment_ops: int, deadline: fl
     for i, k in enumerate(todo):
         until = time.perf_counter() + (deadline - time.perf_counter()) / (len(todo) - i)
         sub = subs[k]
-        got = _covering(sub, time.perf_counter() + (until - time.perf_counter()) / 3, [o.name for o in sub.graph.ops])
+        got = max(_covering(sub, time.perf_counter() + (until - time.perf_counter()) / 3, [o.name for o in sub.graph.ops]))
         if until - time.perf_counter() > 0.5:
             p = exact.solve(sub, exact.Params(time_limit=until - time.perf_counter(),
                                               schedule=[o.name for o in sub.graph.ops]))
