@@ -28,13 +28,11 @@ from the optimum on NAS cells, whose branches the min-peak order interleaves: PN
 at M_H has a 40-op segment that moves 1.29 MB in the min-peak order and 0.38-0.42 MB
 reordered. Segments of one pass are independent and run in parallel processes.
 
-The first pass carries every live tensor across its cuts where they fit and keeps the
-guide's order inside segments (the fixed-order model with the whole share: splitting a
-share with the reordering left the first plan of a 300-op layered DAG 5% worse than a
-fixed-order pass); each further pass reorders, cutting the best plan's own order shifted
-by a fraction of a segment and carrying what that plan keeps resident there, until a
-pass after the first does not improve it. Segments run in turn (one worker) take what a
-finished one leaves of its share. Each pass gets half the time left, the last one all of it; with
+The first pass carries every live tensor across its cuts where they fit; each further
+pass cuts the best plan's own order (segments reorder) shifted by a fraction of a
+segment and carries what that plan keeps resident there, until a pass after the first
+does not improve it. Segments run in turn (one worker) take what a finished one leaves
+of its share. Each pass gets half the time left, the last one all of it; with
 `lns` the passes share half of the time and the large-neighbourhood search
 (`solvers.lns`) improves the best plan with the rest: it re-solves windows of the plan
 whose cuts fall between dnc's, so a store in one segment and its reload in the next are
@@ -160,8 +158,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             now = time.perf_counter()
             until = now + (passes_end - now) * (1.0 if k == params.passes - 1 else 0.5)  # half the time left
             guide_order = [s.op for s in guide.steps if s.kind == "compute"]  # segments reorder: the guide's own
-            radius = 0 if k == 0 else params.radius  # the first pass in the guide's order: its whole share
-            steps, note = _pass(problem, guide_order, guide.steps, shift, radius, params, until)
+            steps, note = _pass(problem, guide_order, guide.steps, shift, params, until)
             cost, pl = math.inf, None
             if steps is not None:
                 pl = Plan.build(problem, steps, SolverInfo("dnc", "feasible"))
@@ -237,7 +234,7 @@ class _Segment:
     stop: float = math.inf  # wall clock (time.time) past which only its baselines run
 
 
-def _pass(problem: Problem, order: list[str], guide: list[Step], shift: int, radius: int, params: Params,
+def _pass(problem: Problem, order: list[str], guide: list[Step], shift: int, params: Params,
           until: float) -> tuple[list[Step] | None, str]:
     """One pass, to end by `until`: cut, solve the segments, stitch, place. Where the
     stitched residencies do not fit the capacity once placed, the budgets of the segments
@@ -260,7 +257,7 @@ def _pass(problem: Problem, order: list[str], guide: list[Step], shift: int, rad
         todo = [i for i in range(n) if segs[i] is None]
         for i in todo:
             segs[i] = _segment(problem, order, cuts[i], cuts[i + 1], carried[i], carried[i + 1], caps[i],
-                               params.backend, radius)
+                               params.backend, params.radius)
             plans[i] = _no_spill(segs[i])  # fits without spilling: solved (optimally) here
         # the other segments share half of what is left of the pass (all of it on the last
         # try), once building, stitching and placing are paid for
@@ -460,19 +457,19 @@ def _no_spill(seg: _Segment) -> list[Step] | None:
 
 def _solve_segment(seg: _Segment) -> list[Step]:
     """The exact solver on one segment for its share of the pass: first in the segment's
-    order (the fixed-order model, fast and often proven), then, with a radius, in the
-    neighbourhood where each op may move up to `radius` places (`_neighbourhood`),
-    warm-started from that plan, for the rest of the share. Once the pass's time is
+    order (the fixed-order model, fast and often proven, with the whole share: a third of
+    it left the first plan of a 300-op layered DAG 5% worse than a fixed-order pass),
+    then, with a radius, in the neighbourhood where each op may move up to `radius`
+    places (`_neighbourhood`), warm-started from that plan, for what it leaves. Once the pass's time is
     spent, the better of the segment's two baselines instead."""
     t0 = time.time()
     limit = min(seg.time_limit, seg.stop - t0)
     if limit < MIN_SEGMENT_SECONDS:
         runs = [baselines.solve(seg.problem, baselines.Params(replacement=r)) for r in ("belady", "greedy")]
         return min(runs, key=lambda p: _cost(seg.problem, p)).steps
-    first = limit if seg.radius == 0 or limit == math.inf else limit / 3  # what it leaves, the reordering gets
-    p = exact_solver.solve(seg.problem, exact_solver.Params(
-        time_limit=None if first == math.inf else first, backend=seg.backend, order_bound=False, joint=False,
-        alloc_time_limit=min(5.0, max(0.1, first / 4))))
+    p = exact_solver.solve(seg.problem, exact_solver.Params(  # the whole share: what it leaves, reordering gets
+        time_limit=None if limit == math.inf else limit, backend=seg.backend, order_bound=False, joint=False,
+        alloc_time_limit=min(5.0, max(0.1, limit / 4))))
     left = limit - (time.time() - t0)
     if seg.radius > 0 and p.solver.objective > 0 and left >= MIN_SEGMENT_SECONDS:
         free = dataclasses.replace(seg.problem, fixed_order=False)
