@@ -106,10 +106,13 @@ def test_dnc_with_a_bound_it_does_not_reach_reports_the_gap():
 
 
 @pytest.mark.slow
-def test_dnc_with_lns_beats_fixed_order_dnc_on_a_layered_dag():
+def test_lns_improves_fixed_order_dnc_on_a_layered_dag():
+    # the same start for both: comparing two dnc runs of one time limit compares how their
+    # passes split it, which the load on the machine decides (benchmarks/scaling.py does that)
     g = layered_dag(300, 0)
     b = bounds.budgets(Problem(g, T), time_limit=10)
     pr = Problem(g, T.with_capacity(b.get("M_R")))
     old = dnc.solve(pr, dnc.Params(schedule=b.order, radius=0, lns=False, time_limit=60))
-    new = dnc.solve(pr, dnc.Params(schedule=b.order, time_limit=60))
+    new = lns.solve(pr, lns.Params(start=old.steps, time_limit=60))
     assert noncompulsory(pr, new) < noncompulsory(pr, old)
+    assert any("-> non-compulsory" in line for line in new.extra["log"])  # a window improved it
