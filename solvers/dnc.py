@@ -460,8 +460,8 @@ def _solve_segment(seg: _Segment) -> list[Step]:
     order (the fixed-order model, fast and often proven, with the whole share: a third of
     it left the first plan of a 300-op layered DAG 5% worse than a fixed-order pass),
     then, with a radius, in the neighbourhood where each op may move up to `radius`
-    places (`_neighbourhood`), warm-started from that plan, for what it leaves. Once the pass's time is
-    spent, the better of the segment's two baselines instead."""
+    places (`_neighbourhood`), warm-started from that plan, for what it leaves. Once the
+    pass's time is spent, the better of the segment's two baselines instead."""
     t0 = time.time()
     limit = min(seg.time_limit, seg.stop - t0)
     if limit < MIN_SEGMENT_SECONDS:
