@@ -263,17 +263,17 @@ def _pass(problem: Problem, order: list[str], guide: list[Step], shift: int, par
         # try), once building, stitching and placing are paid for
         hard = [i for i in todo if plans[i] is None]
         spend = max(0.0, left - min(params.alloc_time_limit, 0.2 * left)) * (1.0 if attempt == params.refits else 0.5)
-        share = spend / max(1, math.ceil(len(hard) / max(1, params.workers)))
         stop = time.time() + spend  # wall clock: the same in every process
-        for i in hard:
-            segs[i].time_limit, segs[i].stop = min(params.segment_time_limit, share), stop  # type: ignore[union-attr]
         t1 = time.perf_counter()
-        if params.workers == 1:  # in turn: what a segment leaves of its share goes to the others
+        if params.workers == 1:  # in turn: each an even share of what is left, so leftovers go to the rest
             for j, i in enumerate(hard):
-                even = (stop - time.time()) / (len(hard) - j)
-                segs[i].time_limit = min(params.segment_time_limit, max(even, 0.0))  # type: ignore[union-attr]
+                even = max(stop - time.time(), 0.0) / (len(hard) - j)
+                segs[i].time_limit, segs[i].stop = min(params.segment_time_limit, even), stop  # type: ignore[union-attr]
                 plans[i] = _solve_segment(segs[i])  # type: ignore[arg-type]
-        else:
+        else:  # in parallel: each an even share of the whole, fixed beforehand
+            share = spend / max(1, math.ceil(len(hard) / max(1, params.workers)))
+            for i in hard:
+                segs[i].time_limit, segs[i].stop = min(params.segment_time_limit, share), stop  # type: ignore[union-attr]
             for i, p in zip(hard, _map(params.workers, _solve_segment, [segs[i] for i in hard])):
                 plans[i] = p
         t2 = time.perf_counter()
