@@ -209,6 +209,42 @@ def with_offsets(steps: list[Step], owner: list[tuple[int, str]], offsets: list[
     return placed
 
 
+def offsets_of(steps: list[Step], owner: list[tuple[int, str]]) -> list[int | None]:
+    """The offset `steps` give each buffer `residencies` found (at the load or compute
+    that opens it): `with_offsets` read back."""
+    out: list[int | None] = []
+    for i, t in owner:
+        s = steps[i]
+        out.append(s.offset if s.kind == "load" else (s.offsets or {}).get(t))
+    return out
+
+
+def pinned(problem: Problem, steps: list[Step], first: dict[str, int], last: dict[str, int],
+           time_limit: float) -> list[Step] | None:
+    """`steps` with every offset placed again, those of the residencies open at the first
+    compute (tensors in `first`) and at the last one (in `last`) fixed there: a segment of
+    a larger plan placed to continue it (solvers.dnc, solvers.lns). Greedy first, then the
+    exact allocator for `time_limit` seconds; None when no packing within the capacity is
+    found (or one residency would need two places)."""
+    from planner.solvers import alloc
+
+    bufs, where = residencies(problem, steps)
+    computes = [i for i, s in enumerate(steps) if s.kind == "compute"]
+    for b, (_, t) in zip(bufs, where):
+        at = {first[t]} if t in first and b.lower <= computes[0] < b.upper else set()
+        at |= {last[t]} if t in last and b.lower <= computes[-1] < b.upper else set()
+        if len(at) > 1:
+            return None
+        b.offset = at.pop() if at else None
+    offsets = alloc.greedy(bufs, problem.target.alignment)
+    if alloc.height(bufs, offsets) > problem.capacity:
+        r = alloc.solve(bufs, problem.capacity, alloc.Params(time_limit=max(0.01, time_limit), greedy_first=False))
+        if r.offsets is None:
+            return None
+        offsets = r.offsets
+    return with_offsets(steps, where, offsets)
+
+
 def _one_op_at_a_time(problem: Problem, order: list[str]) -> list[Step]:
     """Each op alone in fast memory: load inputs, compute, store what is read later or is
     an output, free all. Tensors are packed largest-padding-last, so the op fits in its

@@ -26,22 +26,30 @@ a second), then lets its ops move up to `radius` places inside their ASAP/ALAP w
 crosses a cut and what crosses it stays as decided. A fixed order is what kept dnc far
 from the optimum on NAS cells, whose branches the min-peak order interleaves: PNASNet-5
 at M_H has a 40-op segment that moves 1.29 MB in the min-peak order and 0.38-0.42 MB
-reordered. Segments of one pass are independent and run in parallel processes.
+reordered.
+
+**Offsets are decided with the segments.** The exact model's memory is one capacity row
+per step; offsets are packed after it. Segments are therefore placed in turn, each to
+continue the plan before it: the tensors it carries in keep the offsets the previous
+segment gave them (`exact.Params.pinned`), so a segment's solve packs its residencies
+around them, cuts off a pattern that does not fit and solves again, and the stitched
+plan is placed by construction. (Placing the stitched plan afterwards, as dnc did, left
+it 15-30% over the capacity on a thousand-op DAG once placed.) With several `workers`
+the segments that spill are first solved in parallel without pins, then each placed
+around its pins or solved again. A segment that finds nothing around its pins in its
+time is *drained*: what it carries in is spilled at its start and its baseline runs
+from an empty memory.
 
 The first pass carries every live tensor across its cuts where they fit; each further
 pass cuts the best plan's own order (segments reorder) shifted by a fraction of a
 segment and carries what that plan keeps resident there, until a pass after the first
-does not improve it. Segments run in turn (one worker) take what a finished one leaves
-of its share. Each pass gets half the time left, the last one all of it; with
-`lns` the passes share half of the time and the large-neighbourhood search
-(`solvers.lns`) improves the best plan with the rest: it re-solves windows of the plan
-whose cuts fall between dnc's, so a store in one segment and its reload in the next are
-decided together.
-Stitching drops B, E, the loads of carried tensors and the frees at the cut; the greedy
-arena allocators, then the exact one, place every residency. Where that overflows the
-capacity, the budgets of the segments it overflows are lowered (by half their overflow,
-then by all of it) and those segments alone solved again. The best COSMA baseline
-remains the fallback: the plan never has more traffic than it.
+does not improve it. Segments solved in turn take what a finished one leaves of its
+share. Each pass gets half the time left, the last one all of it; with `lns` the passes
+share half of the time and the large-neighbourhood search (`solvers.lns`) improves the
+best plan with the rest: it re-solves windows of the plan whose cuts fall between dnc's,
+so a store in one segment and its reload in the next are decided together. Stitching
+drops B, E, the loads of carried tensors and the frees at the cut. The best COSMA
+baseline remains the fallback: the plan never has more traffic than it.
 
 With `lower_bound` (bytes of non-compulsory traffic no plan beats, from a global bound)
 the solve stops as soon as the best plan meets it and reports it optimal with that bound;
@@ -82,8 +90,6 @@ class Params:
     workers: int = 1  # processes for the segments of a pass (1: sequential, same plans)
     segment_time_limit: float = 10.0  # seconds per segment's exact solve, at most
     backend: str = "highs"  # the exact solver's back end
-    refits: int = 3  # re-solves of overflowing segments with lower budgets when offsets do not fit
-    alloc_time_limit: float = 5.0  # seconds for the exact offset search of a stitched plan
     radius: int = 40  # most places an op may move from the guide's order in a segment (0: fixed order)
     lns: bool = True  # after the passes, the large-neighbourhood search (solvers.lns) for the time left
     lower_bound: LowerBound = None  # no plan moves fewer non-compulsory bytes: stop on reaching it
@@ -232,74 +238,92 @@ class _Segment:
     radius: int = 0  # most positions an op may move from the segment's order
     time_limit: float = math.inf  # seconds for its exact solve
     stop: float = math.inf  # wall clock (time.time) past which only its baselines run
+    pinned: dict[str, int] = dataclasses.field(default_factory=dict)  # carried in: offsets the plan before gave them
+    pinned_end: dict[str, int] = dataclasses.field(default_factory=dict)  # carried out: offsets the plan after expects
 
 
 def _pass(problem: Problem, order: list[str], guide: list[Step], shift: int, params: Params,
           until: float) -> tuple[list[Step] | None, str]:
-    """One pass, to end by `until`: cut, solve the segments, stitch, place. Where the
-    stitched residencies do not fit the capacity once placed, the budgets of the segments
-    they overflow are lowered and those segments alone solved again (`refits` times).
-    Returns the steps (None when the offsets never fit) and a note for the log."""
+    """One pass, to end by `until`: cut, solve the segments, stitch. Segments are placed
+    in turn, each to continue the plan before it: the tensors it carries in keep the
+    offsets the previous segment gave them (`exact.Params.pinned`), so the stitched plan
+    is placed by construction, and where a segment's residencies do not fit around them
+    its own solve cuts that pattern off and solves again. (Placing the stitched plan as a
+    whole found it 15-30% over the capacity at a thousand ops, and lowering the budgets
+    of the segments it overflowed took the rest of the pass.) With several workers the
+    segments that spill are first solved in parallel, unpinned, on half the time; each
+    such plan is then placed around its pins, or the segment solved again pinned. Each
+    segment solved in turn takes an even share of what is left, so a fast segment's
+    leftover goes to the rest; one that finds no plan around its pins in its share is
+    drained (`_drained`). Returns the steps (None if their offsets are wrong, which the
+    pins rule out) and a note for the log."""
     live = _live_sets(problem, order)
     cuts = _cuts([sum(problem.sizes[t] for t in ts) for ts in live], shift, params.segment_ops)
     kept = _kept_at(problem, order, guide, cuts)
     carried = [_carry(problem, live[c], kept[j], all_live=shift == 0) for j, c in enumerate(cuts)]
     n = len(cuts) - 1
-    caps = [problem.capacity] * n
-    segs: list[_Segment | None] = [None] * n
-    plans: list[list[Step] | None] = [None] * n
-    solved, overhead = 0, 0.0  # overhead: seconds an attempt spends outside the segment solves
-    for attempt in range(params.refits + 1):
-        t0 = time.perf_counter()
-        left = until - t0 - overhead
-        if left <= 0:
-            return None, f"{n} segments: time limit after {attempt} tries"
-        todo = [i for i in range(n) if segs[i] is None]
-        for i in todo:
-            segs[i] = _segment(problem, order, cuts[i], cuts[i + 1], carried[i], carried[i + 1], caps[i],
-                               params.backend, params.radius)
-            plans[i] = _no_spill(segs[i])  # fits without spilling: solved (optimally) here
-        # the other segments share half of what is left of the pass (all of it on the last
-        # try), once building, stitching and placing are paid for
-        hard = [i for i in todo if plans[i] is None]
-        spend = max(0.0, left - min(params.alloc_time_limit, 0.2 * left)) * (1.0 if attempt == params.refits else 0.5)
-        stop = time.time() + spend  # wall clock: the same in every process
-        t1 = time.perf_counter()
-        if params.workers == 1:  # in turn: each an even share of what is left, so leftovers go to the rest
-            for j, i in enumerate(hard):
-                even = max(stop - time.time(), 0.0) / (len(hard) - j)
-                segs[i].time_limit, segs[i].stop = min(params.segment_time_limit, even), stop  # type: ignore[union-attr]
-                plans[i] = _solve_segment(segs[i])  # type: ignore[arg-type]
-        else:  # in parallel: each an even share of the whole, fixed beforehand
-            share = spend / max(1, math.ceil(len(hard) / max(1, params.workers)))
-            for i in hard:
-                segs[i].time_limit, segs[i].stop = min(params.segment_time_limit, share), stop  # type: ignore[union-attr]
-            for i, p in zip(hard, _map(params.workers, _solve_segment, [segs[i] for i in hard])):
-                plans[i] = p
-        t2 = time.perf_counter()
-        solved += len(hard)
-        steps, starts = _stitch(problem, segs, plans)  # type: ignore[arg-type]
-        placed, excess = _place(problem, steps, min(params.alloc_time_limit, max(0.1, until - time.perf_counter())))
-        overhead = (t1 - t0) + (time.perf_counter() - t2)
-        note = f"{n} segments ({solved} solver calls), cuts shifted by {shift}"
-        if placed is not None:
-            return placed, note + (f", {attempt} refits" if attempt else "")
-        # lower the budget of each segment the placement overflows: by half its overflow the
-        # first time (a lower budget costs traffic), by all of it after
-        lowered = False
-        for i in range(n):
-            over = max(excess[starts[i]:starts[i + 1]], default=0)
-            cut = max(over // 2 if attempt == 0 else over, problem.target.alignment)
-            cap = max(_need(segs[i]), caps[i] - cut)  # type: ignore[arg-type]
-            if over > 0 and cap < caps[i]:
-                caps[i], segs[i], lowered = cap, None, True
-        if not lowered:
-            break
-    return None, f"{n} segments: offsets did not fit after {attempt + 1} tries"
+    segs = [_segment(problem, order, cuts[i], cuts[i + 1], carried[i], carried[i + 1], problem.capacity,
+                     params.backend, params.radius) for i in range(n)]
+    first = [_no_spill(seg) for seg in segs]  # fits without spilling: solved (optimally) here
+    hard = [i for i in range(n) if first[i] is None]
+    stop = time.time() + 0.95 * max(0.0, until - time.perf_counter())  # stitching takes the rest
+    if params.workers > 1 and len(hard) > 1:  # in parallel, unpinned, on half the time
+        half = 0.5 * (stop - time.time())
+        share = half / math.ceil(len(hard) / params.workers)
+        for i in hard:
+            segs[i].time_limit, segs[i].stop = min(params.segment_time_limit, share), time.time() + half
+        for i, p in zip(hard, _map(params.workers, _solve_segment, [segs[i] for i in hard])):
+            first[i] = p
+    plans: list[list[Step]] = []
+    at: dict[str, int] = {}  # offsets of what the previous segment carries out
+    calls, drained, todo = len(hard) if params.workers > 1 and len(hard) > 1 else 0, 0, len(hard)
+    for i, seg in enumerate(segs):
+        seg.pinned = {t: at[t] for t in seg.carried_in}
+        sub = None if first[i] is None else _pinned(seg, first[i])
+        if sub is None:
+            seg.time_limit = min(params.segment_time_limit, max(stop - time.time(), 0.0) / max(1, todo))
+            seg.stop = stop
+            sub, calls = _solve_segment(seg), calls + 1
+            if sub is None:
+                sub, drained = _drained(problem, order, cuts[i], cuts[i + 1], seg), drained + 1
+        todo -= i in hard
+        at = _open_at_end(sub)
+        plans.append(sub)
+    steps, _ = _stitch(problem, segs, plans, offsets=True)
+    note = f"{n} segments ({calls} solver calls, {drained} drained), cuts shifted by {shift}"
+    bufs, where = baselines.residencies(problem, steps)
+    try:
+        alloc.validate(bufs, baselines.offsets_of(steps, where), problem.capacity)
+    except alloc.InvalidPacking as e:  # not expected: the pins make the offsets agree
+        return None, note + f": stitched offsets invalid ({e})"
+    return steps, note
 
 
-def _need(seg: _Segment) -> int:
-    return max(seg.problem.footprint(o) for o in seg.problem.graph.ops)
+def _drained(problem: Problem, order: list[str], lo: int, hi: int, seg: _Segment) -> list[Step]:
+    """A plan of segment order[lo:hi] that places whatever the pins: what it carries in is
+    stored (where slow memory lacks it; `_stitch` drops the other stores) and freed at its
+    start, then the better baseline of the segment that carries nothing in runs from an
+    empty memory. For a segment whose solve found nothing around its pins in time."""
+    empty = _segment(problem, order, lo, hi, [], seg.carried_out, problem.capacity, seg.backend)
+    runs = [baselines.solve(empty.problem, baselines.Params(replacement=r)) for r in ("belady", "greedy")]
+    body = min(runs, key=lambda p: _cost(empty.problem, p)).steps
+    kinds = problem.graph.tensors
+    spill = [Step("store", tensor=t) for t in seg.carried_in if kinds[t].kind not in ("input", "weight")]
+    return [Step("compute", op=BEGIN, offsets={})] + spill + [Step("free", tensor=t) for t in seg.carried_in] + body
+
+
+def _open_at_end(steps: list[Step]) -> dict[str, int]:
+    """The offset of every tensor resident at the last compute of `steps` (a segment's E)."""
+    at: dict[str, int] = {}
+    last = max(i for i, s in enumerate(steps) if s.kind == "compute")
+    for s in steps[:last + 1]:
+        if s.kind == "load":
+            at[s.tensor] = s.offset  # type: ignore[index,assignment]
+        elif s.kind == "compute":
+            at.update(s.offsets or {})
+        elif s.kind == "free":
+            at.pop(s.tensor, None)  # type: ignore[arg-type]
+    return at
 
 
 def _cuts(weight: list[int], shift: int, size: int) -> list[int]:
@@ -464,20 +488,36 @@ def _solve_segment(seg: _Segment) -> list[Step]:
     pass's time is spent, the better of the segment's two baselines instead."""
     t0 = time.time()
     limit = min(seg.time_limit, seg.stop - t0)
+    pins = {"pinned": seg.pinned, "pinned_end": seg.pinned_end}
     if limit < MIN_SEGMENT_SECONDS:
         runs = [baselines.solve(seg.problem, baselines.Params(replacement=r)) for r in ("belady", "greedy")]
-        return min(runs, key=lambda p: _cost(seg.problem, p)).steps
+        return _pinned(seg, min(runs, key=lambda p: _cost(seg.problem, p)).steps)
     p = exact_solver.solve(seg.problem, exact_solver.Params(  # the whole share: what it leaves, reordering gets
         time_limit=None if limit == math.inf else limit, backend=seg.backend, order_bound=False, joint=False,
-        alloc_time_limit=min(5.0, max(0.1, limit / 4))))
+        alloc_time_limit=min(5.0, max(0.1, limit / 4)), **pins))
+    steps = _pinned(seg, p.steps)
     left = limit - (time.time() - t0)
-    if seg.radius > 0 and p.solver.objective > 0 and left >= MIN_SEGMENT_SECONDS:
+    if steps is not None and seg.radius > 0 and p.solver.objective > 0 and left >= MIN_SEGMENT_SECONDS:
         free = dataclasses.replace(seg.problem, fixed_order=False)
-        order = [s.op for s in p.steps if s.kind == "compute"]
-        p = exact_solver.improve(free, p, _neighbourhood(free, order, seg.radius), exact_solver.Params(
-            time_limit=None if left == math.inf else left, backend=seg.backend,
-            alloc_time_limit=min(5.0, max(0.1, left / 4))))
-    return p.steps
+        order = [s.op for s in steps if s.kind == "compute"]
+        p = exact_solver.improve(free, Plan.build(free, steps, p.solver), _neighbourhood(free, order, seg.radius),
+                                 exact_solver.Params(time_limit=None if left == math.inf else left, backend=seg.backend,
+                                                     alloc_time_limit=min(5.0, max(0.1, left / 4)), **pins))
+        steps = p.steps
+    return steps
+
+
+def _pinned(seg: _Segment, steps: list[Step]) -> list[Step] | None:
+    """`steps` when they place every residency and keep the segment's pins, else placed
+    again to keep them; None when they cannot be."""
+    bufs, where = baselines.residencies(seg.problem, steps)
+    computes = [i for i, s in enumerate(steps) if s.kind == "compute"]
+    offsets = baselines.offsets_of(steps, where)
+    if None not in offsets and all(seg.pinned.get(t, off) == off for b, (_, t), off in zip(bufs, where, offsets) if b.lower <= computes[0] < b.upper) \
+            and all(seg.pinned_end.get(t, off) == off for b, (_, t), off in zip(bufs, where, offsets)
+                    if b.lower <= computes[-1] < b.upper):
+        return steps
+    return baselines.pinned(seg.problem, steps, seg.pinned, seg.pinned_end, 1.0)
 
 
 def _neighbourhood(problem: Problem, order: list[str], radius: int) -> dict[str, tuple[int, int]]:
@@ -499,13 +539,14 @@ def _neighbourhood(problem: Problem, order: list[str], radius: int) -> dict[str,
 
 
 def _stitch(problem: Problem, segs: list[_Segment], plans: list[list[Step]], resident: set[str] | None = None,
-            stored: set[str] | None = None) -> tuple[list[Step], list[int]]:
+            stored: set[str] | None = None, offsets: bool = False) -> tuple[list[Step], list[int]]:
     """One step list from the segment plans (offsets left to `_place`): the boundary ops,
     loads of tensors already resident, stores of tensors slow memory already holds and
     the frees after E are dropped; what a segment leaves resident beyond its carried-out
     tensors is freed at its end. `resident` and `stored` say what fast and slow memory
     hold before the first segment (nothing and the inputs and weights: the graph's
-    start). Returns the steps and where each segment's steps start (one more entry: the end)."""
+    start). With `offsets`, the segments' offsets are kept (pinned segments agree on
+    them). Returns the steps and where each segment's steps start (one more entry: the end)."""
     g = problem.graph
     steps: list[Step] = []
     starts: list[int] = []
@@ -521,32 +562,13 @@ def _stitch(problem: Problem, segs: list[_Segment], plans: list[list[Step]], res
             if (s.kind == "load" and s.tensor in resident) or (s.kind == "store" and s.tensor in stored) or (
                     s.kind == "free" and ended and s.tensor in keep):
                 continue
-            steps.append(Step(s.kind, tensor=s.tensor, op=s.op))
+            steps.append(Step(s.kind, s.tensor, s.offset, s.op, s.offsets) if offsets else
+                         Step(s.kind, tensor=s.tensor, op=s.op))
             advance(problem, resident, stored, s)
         for t in sorted(resident - keep):
             steps.append(Step("free", tensor=t))
         resident &= keep
     return steps, starts + [len(steps)]
-
-
-def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list[Step] | None, list[int]]:
-    """Offsets for every residency of `steps`: the greedy arena allocators, then the exact
-    search. Returns the steps with offsets (None when they do not fit) and, per step, by
-    how many bytes the best greedy packing overflows the capacity there."""
-    a, cap = problem.target.alignment, problem.capacity
-    bufs, where = baselines.residencies(problem, steps)
-    offsets = alloc.greedy(bufs, a)
-    excess = [0] * (len(steps) + 1)
-    if alloc.height(bufs, offsets) > cap:
-        r = alloc.solve(bufs, cap, alloc.Params(time_limit=time_limit, greedy_first=False))
-        if r.offsets is None:
-            for b, off in zip(bufs, offsets):
-                if off + b.size > cap:
-                    for i in range(b.lower, b.upper + 1):  # the free step too
-                        excess[i] = max(excess[i], off + b.size - cap)
-            return None, excess
-        offsets = r.offsets
-    return baselines.with_offsets(steps, where, offsets), excess
 
 
 def advance(problem: Problem, resident: set[str], stored: set[str], s: Step) -> None:

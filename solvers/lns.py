@@ -147,9 +147,10 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
     if not _moved(problem, steps, cut[lo], cut[hi]):
         return None
     cost = traffic(problem, steps)
-    tries = [(True, problem.capacity), (False, problem.capacity)]
+    # (stretch, capacity, pinned): first with the window placed around the plan's offsets
+    tries = [(True, problem.capacity, True), (False, problem.capacity, True)]
     while tries:
-        stretch, capacity = tries.pop(0)
+        stretch, capacity, pin = tries.pop(0)
         left = deadline - time.perf_counter()
         if left <= dnc.MIN_SEGMENT_SECONDS:
             return None
@@ -158,10 +159,16 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
             continue  # the same as the try without stretching
         seg = dnc._segment(problem, b.order, lo, hi, b.carried_in, b.carried_out, capacity, params.backend,
                            params.radius, b.has_copy, b.need_copy)
+        if pin:
+            seg.pinned, seg.pinned_end = b.pinned, b.pinned_end
         seg.time_limit = min(params.window_time_limit, left)
         seg.stop = time.time() + seg.time_limit
-        sub = dnc._no_spill(seg) or dnc._solve_segment(seg)
-        body, _ = dnc._stitch(problem, [seg], [sub], set(b.carried_in), b.stored)
+        easy = dnc._no_spill(seg)
+        sub = dnc._pinned(seg, easy) if easy is not None else dnc._solve_segment(seg)
+        if sub is None:  # nothing fits around the plan's offsets in time: place the whole plan again
+            tries.insert(0, (stretch, capacity, False))
+            continue
+        body, _ = dnc._stitch(problem, [seg], [sub], set(b.carried_in), b.stored, offsets=pin)
         new = _tidy(problem, b.head + body + b.tail)
         new_cost = traffic(problem, new)
         if new_cost >= cost:
@@ -169,10 +176,10 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
                 return None  # the window is at a local optimum (stretched or not: one try is enough)
             continue
         budget = min(params.alloc_time_limit, max(0.1, left))
-        placed = _place_near(problem, steps, new, budget)
+        placed = new if pin and _valid(problem, new) else _place_near(problem, steps, new, budget)
         excess: list[int] = []
         if placed is None:
-            placed, excess = dnc._place(problem, new, budget)
+            placed, excess = _place(problem, new, budget)
         if placed is not None:
             try:
                 simulate(Plan.build(problem, placed, SolverInfo("lns", "feasible")), g, problem.target)
@@ -181,10 +188,47 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
             return placed, new_cost
         # the window's residencies overflow once placed: lower its budget by the overflow
         over = max(excess[len(b.head):len(b.head) + len(body) + 1], default=0)
-        lowered = max(dnc._need(seg), capacity - max(over, problem.target.alignment))
+        lowered = max(_need(seg), capacity - max(over, problem.target.alignment))
         if over > 0 and lowered < capacity == problem.capacity:
-            tries.insert(0, (stretch, lowered))
+            tries.insert(0, (stretch, lowered, False))
     return None
+
+
+def _need(seg: dnc._Segment) -> int:
+    return max(seg.problem.footprint(o) for o in seg.problem.graph.ops)
+
+
+def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list[Step] | None, list[int]]:
+    """Offsets for every residency of `steps`: the greedy arena allocators, then the exact
+    search. Returns the steps with offsets (None when they do not fit) and, per step, by
+    how many bytes the best greedy packing overflows the capacity there."""
+    a, cap = problem.target.alignment, problem.capacity
+    bufs, where = baselines.residencies(problem, steps)
+    offsets = alloc.greedy(bufs, a)
+    excess = [0] * (len(steps) + 1)
+    if alloc.height(bufs, offsets) > cap:
+        r = alloc.solve(bufs, cap, alloc.Params(time_limit=time_limit, greedy_first=False))
+        if r.offsets is None:
+            for b, off in zip(bufs, offsets):
+                if off + b.size > cap:
+                    for i in range(b.lower, b.upper + 1):  # the free step too
+                        excess[i] = max(excess[i], off + b.size - cap)
+            return None, excess
+        offsets = r.offsets
+    return baselines.with_offsets(steps, where, offsets), excess
+
+
+def _valid(problem: Problem, steps: list[Step]) -> bool:
+    """Whether the offsets `steps` carry already place every residency within the capacity."""
+    bufs, where = baselines.residencies(problem, steps)
+    offsets = baselines.offsets_of(steps, where)
+    if any(o is None for o in offsets):
+        return False
+    try:
+        alloc.validate(bufs, offsets, problem.capacity)
+    except alloc.InvalidPacking:
+        return False
+    return True
 
 
 @dataclass
@@ -200,6 +244,8 @@ class _Boundary:
     need_copy: frozenset[str]
     stored: set[str]  # what slow memory holds at the window's start
     stretched: int  # residencies stretched across the cuts
+    pinned: dict[str, int]  # carried in: the offsets the plan has them at
+    pinned_end: dict[str, int]  # carried out: the offsets the rest of the plan expects them at
 
 
 def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: int, stretch: bool) -> _Boundary:
@@ -218,33 +264,45 @@ def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: 
     live_in, live_out = _live(problem, pos, lo), _live(problem, pos, hi)
     carried_in, carried_out = resident & live_in, after & live_out
     drop: set[int] = set()  # step indices
+    bufs, where = baselines.residencies(problem, steps)
+    offsets = baselines.offsets_of(steps, where)
+    opened = {(t, i): off for (i, t), off in zip(where, offsets)}  # residency (tensor, opening step) -> offset
+    pinned = {t: opened[t, i] for t, i in _opening(problem, prefix).items() if t in carried_in}
+    pinned_end = {t: opened[t, i] for t, i in _opening(problem, steps[:cut[hi]]).items() if t in carried_out}
     if stretch:
         room = [problem.capacity - b for b in _profile(problem, steps)]
+        ends = {(t, b.upper): off for b, (_, t), off in zip(bufs, where, offsets)}  # residency (tensor, free step)
 
-        def fits(t: str, i: int, j: int) -> bool:  # t resident during steps i..j-1 too
-            if any(room[k] < align_up(size[t], a) for k in range(i, j)):
+        def fits(t: str, i: int, j: int, off: int | None) -> bool:
+            """t resident at `off` during steps i..j-1 too: room in bytes and at that place."""
+            n = align_up(size[t], a)
+            if off is None or any(room[k] < n for k in range(i, j)) or any(
+                    b.lower < j and i < b.upper and o < off + n and off < o + align_up(b.size, a)
+                    for b, (_, u), o in zip(bufs, where, offsets) if u != t and o is not None):
                 return False
             for k in range(i, j):
-                room[k] -= align_up(size[t], a)
+                room[k] -= n
             return True
 
         last_free = {s.tensor: i for i, s in enumerate(prefix) if s.kind == "free"}
         for t in sorted(live_in - resident, key=lambda t: (-size[t], t)):
-            if t in last_free and fits(t, last_free[t], cut[lo]):
+            if t in last_free and fits(t, last_free[t], cut[lo], ends.get((t, last_free[t]))):
                 drop.add(last_free[t])
                 carried_in.add(t)
+                pinned[t] = ends[t, last_free[t]]
         used = {t for o in order[lo:hi] for t in problem.tensors_of(g.op(o))} | carried_in
         first: dict[str, int] = {}
         for i, s in enumerate(suffix, cut[hi]):
             if s.kind in ("load", "store"):
                 first.setdefault(s.tensor, i)  # type: ignore[arg-type]
         for t in sorted((live_out & used) - carried_out, key=lambda t: (-size[t], t)):
-            if t in first and steps[first[t]].kind == "load" and fits(t, cut[hi], first[t]):
+            if t in first and steps[first[t]].kind == "load" and fits(t, cut[hi], first[t], opened.get((t, first[t]))):
                 drop.add(first[t])
                 carried_out.add(t)
+                pinned_end[t] = opened[t, first[t]]
 
-    def bare(i: int, s: Step) -> list[Step]:
-        return [] if i in drop else [Step(s.kind, tensor=s.tensor, op=s.op)]
+    def bare(i: int, s: Step) -> list[Step]:  # offsets kept: a pinned window continues them
+        return [] if i in drop else [Step(s.kind, s.tensor, s.offset, s.op, s.offsets)]
 
     head = [x for i, s in enumerate(prefix) for x in bare(i, s)]
     head += [Step("free", tensor=t) for t in sorted(resident - live_in)]
@@ -252,7 +310,20 @@ def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: 
     has_copy = frozenset(t for t in carried_in if t in stored and g.tensors[t].kind == "activation")
     need_copy = frozenset(_reloaded(problem, tail) & carried_out)
     return _Boundary(order, head, tail, sorted(carried_in), sorted(carried_out), has_copy, need_copy, stored,
-                     len(drop))
+                     len(drop), pinned, pinned_end)
+
+
+def _opening(problem: Problem, steps: list[Step]) -> dict[str, int]:
+    """Per tensor resident after `steps`: the index of the step that opened its residency."""
+    out: dict[str, int] = {}
+    for i, s in enumerate(steps):
+        if s.kind == "load":
+            out[s.tensor] = i  # type: ignore[index]
+        elif s.kind == "compute":
+            out.update({t: i for t in problem.graph.op(s.op).outputs if t in problem.sizes})  # type: ignore[arg-type]
+        elif s.kind == "free":
+            out.pop(s.tensor, None)  # type: ignore[arg-type]
+    return out
 
 
 def _profile(problem: Problem, steps: list[Step]) -> list[int]:
@@ -279,7 +350,7 @@ def _place_near(problem: Problem, old: list[Step], new: list[Step], time_limit: 
     found in `time_limit`."""
     bufs, where = baselines.residencies(problem, new)
     old_bufs, old_where = baselines.residencies(problem, old)
-    at = dict(zip(_keys(old, old_bufs, old_where), _offsets(old, old_where)))
+    at = dict(zip(_keys(old, old_bufs, old_where), baselines.offsets_of(old, old_where)))
     for b, k in zip(bufs, _keys(new, bufs, where)):
         b.offset = at.get(k)
     if all(b.offset is not None for b in bufs):
@@ -296,15 +367,6 @@ def _keys(steps: list[Step], bufs: list[alloc.Buffer], where: list[tuple[int, st
         k += s.kind == "compute"
     done.append(k)
     return [(t, done[b.lower], done[b.upper]) for b, (_, t) in zip(bufs, where)]
-
-
-def _offsets(steps: list[Step], where: list[tuple[int, str]]) -> list[int | None]:
-    """The offset `steps` give each residency (at the load or compute that opens it)."""
-    out: list[int | None] = []
-    for i, t in where:
-        s = steps[i]
-        out.append(s.offset if s.kind == "load" else (s.offsets or {}).get(t))
-    return out
 
 
 def _cuts(steps: list[Step]) -> list[int]:

@@ -1,6 +1,6 @@
 """Divide and conquer (solvers.dnc): valid plans on random DAGs of a few hundred ops, never
-worse than the best baseline, equal to the exact solver on small graphs, and the same
-plan sequentially and in parallel."""
+worse than the best baseline, equal to the exact solver on small graphs; segments solved
+in turn keep the offsets of what they carry, segments in parallel are placed together."""
 from hypothesis import HealthCheck, given, settings
 
 from benchmarks.scaling import layered_dag
@@ -50,15 +50,42 @@ def test_small_graphs_equal_exact(g):
     assert simulate(d, g, pr.target).metrics.noncompulsory_bytes == d.solver.objective
 
 
-def test_parallel_and_sequential_plans_are_identical():
+def test_segments_solved_in_turn_continue_each_others_offsets():
     g = layered_dag(100, 3)
     pr, order = at_budget(g, "M_R")
-    # fixed-order segments, no search: those solves end proven, so the plans cannot depend on
-    # timing (reordering and the search stop on time limits, which no run repeats exactly)
-    plans = [dnc.solve(pr, dnc.Params(schedule=order, segment_ops=25, workers=w, time_limit=None,
-                                      segment_time_limit=30, radius=0, lns=False)) for w in (1, 2)]
-    assert [s.to_json() for s in plans[0].steps] == [s.to_json() for s in plans[1].steps]
-    simulate(plans[0], g, pr.target)
+    guide = baselines.solve(pr, baselines.Params(schedule=order))
+    params = dnc.Params(schedule=order, segment_ops=25, radius=0, lns=False)
+    steps, note = dnc._pass(pr, order, guide.steps, 0, params, until=dnc.time.perf_counter() + 30)
+    assert steps is not None, note
+    # the stitched steps carry the segments' own offsets: no placement after stitching
+    m = simulate(Plan.build(pr, steps, SolverInfo("dnc", "feasible")), g, pr.target).metrics
+    assert m.noncompulsory_bytes <= best_baseline(pr, order)
+
+
+def test_segments_in_parallel_are_placed_together_and_valid():
+    g = layered_dag(100, 3)
+    pr, order = at_budget(g, "M_R")
+    p = dnc.solve(pr, dnc.Params(schedule=order, segment_ops=25, workers=2, time_limit=None,
+                                 segment_time_limit=30, radius=0, lns=False))
+    assert simulate(p, g, pr.target).metrics.noncompulsory_bytes == p.solver.objective <= best_baseline(pr, order)
+
+
+def test_exact_keeps_the_offsets_pinned_at_a_segments_ends():
+    # the segment of ops 30..55 with what crosses its cuts carried, the carried-in tensors
+    # pinned at the offsets a baseline plan of the whole graph gave them there
+    g = layered_dag(80, 5)
+    pr, order = at_budget(g, "M_R")
+    guide = baselines.solve(pr, baselines.Params(schedule=order))
+    live = dnc._live_sets(pr, order)
+    kept = dnc._kept_at(pr, order, guide.steps, [30, 55])
+    seg = dnc._segment(pr, order, 30, 55, sorted(kept[0]), sorted(kept[1]), pr.capacity, "highs")
+    head = guide.steps[:[i for i, s in enumerate(guide.steps) if s.kind == "compute"][30]]
+    pins = {t: off for t, off in dnc._open_at_end(head).items() if t in kept[0]}
+    assert pins and set(pins) <= set(live[30])
+    p = exact.solve(seg.problem, exact.Params(time_limit=20, pinned=pins))
+    simulate(p, seg.problem.graph, seg.problem.target)
+    assert {t: off for t, off in dnc._open_at_end(p.steps[:p.steps.index(next(
+        s for s in p.steps if s.kind == "compute")) + 1]).items() if t in pins} == pins
 
 
 def test_auto_sizes_graphs_by_their_exact_model():
@@ -94,7 +121,7 @@ def test_segment_that_fits_without_spilling_is_solved_on_the_spot():
     sp = seg(peak).problem
     steps = dnc._no_spill(seg(peak))
     assert steps is not None and dnc._no_spill(seg(peak - 1)) is None
-    placed, _ = dnc._place(sp, steps, 5.0)
+    placed = dnc._pinned(seg(peak), steps)  # offsets placed (no pins: nothing carried in before it)
     assert placed is not None
     m = simulate(Plan.build(sp, placed, SolverInfo("dnc", "heuristic")), sp.graph, sp.target).metrics
     assert m.noncompulsory_bytes == 0

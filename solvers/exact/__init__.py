@@ -75,6 +75,10 @@ class Params:
     # A proven bound from elsewhere (solvers.lower, from the API): the solve stops once a plan
     # meets it. The value it has when the solve starts counts.
     lower_bound: LowerBound = None
+    # Offsets of the residencies open at the first step and at the last (the tensors a dnc
+    # segment or an LNS window carries in and out, where the plan around it placed them).
+    pinned: dict[str, int] = field(default_factory=dict)
+    pinned_end: dict[str, int] = field(default_factory=dict)
     dump_lp: str | None = None  # write the joint model here (LP/MPS by the back end)
     log: list[str] = field(default_factory=list, repr=False)  # one line per round, for benchmarks
 
@@ -113,9 +117,17 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     flags = _flags(params)
     orders = _orders(problem, params, deadline)
     best: _Best = _Best(None, math.inf)
+    fallback = None  # with pins, a baseline that could not be placed to meet them
     for order in orders:  # COSMA's baselines on each candidate order
         for replacement in ("belady", "greedy"):
             p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
+            fallback = fallback or p
+            if params.pinned or params.pinned_end:
+                steps = baselines.pinned(problem, p.steps, params.pinned, params.pinned_end,
+                                         min(params.alloc_time_limit, 0.1 * limit))
+                if steps is None:
+                    continue
+                p = Plan.build(problem, steps, p.solver)
             best.offer(p, _cost(problem, p), f"baseline {replacement}")
     bound = known(params.lower_bound)
     if best.cost > bound:
@@ -155,6 +167,8 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             bound = bound if redo else max(bound, joint_bound)
         elif not forced and not joint:
             params.log.append(f"joint model skipped: about {size} columns")
+    if best.plan is None:  # no plan meets the pins: the caller checks them
+        best = _Best(fallback, _cost(problem, fallback), "baseline (pins not met)")
     info = SolverInfo.proven("exact", best.cost, bound, time.perf_counter() - t0)
     plan = Plan.build(problem, best.plan.steps, info)
     plan.extra = {"found_by": best.source}
@@ -221,8 +235,8 @@ def _hint(f, problem: Problem, order: list[str], params: Params) -> list[int] | 
     return _encode(f, problem, best.plan, params)
 
 
-def _encode(f, problem: Problem, plan: Plan, params: Params) -> list[int] | None:
-    if not params.warm_start:
+def _encode(f, problem: Problem, plan: Plan | None, params: Params) -> list[int] | None:
+    if not params.warm_start or plan is None:
         return None
     try:
         return decode.encode(f, problem, plan.steps)
@@ -243,6 +257,9 @@ def _rounds(f, problem: Problem, params: Params, best: _Best, deadline: float, l
             break
         res = backends.solve(f.model, params.backend, left - (1.0 if joint else 0.0), params.threads, hint,
                              params.dump_lp if k == 1 and joint else None, isolate=joint)
+        if res.bound == math.inf:  # the cuts left no solution: every pattern breaks the pins
+            params.log.append(f"{label} round {k}: no residency pattern fits around the pinned offsets")
+            break
         if res.bound > -math.inf:
             bound = max(bound, (math.ceil(res.bound - 1e-6) if integral else res.bound - 1e-6) * unit)
         params.log.append(f"{label} round {k}: {res.status}, objective {res.objective}, bound {res.bound}, "
@@ -252,7 +269,8 @@ def _rounds(f, problem: Problem, params: Params, best: _Best, deadline: float, l
         sol = decode.read(f, problem, res.x)
         bufs = decode.buffers(problem, sol)
         budget = min(params.alloc_time_limit, max(deadline - time.perf_counter(), 0.01))
-        fit, offsets = decode.place(problem, bufs, budget)
+        pinned = decode.pin(bufs, f.n, params.pinned, params.pinned_end)
+        fit, offsets = decode.place(problem, bufs, budget) if pinned else (decode.NO_FIT, None)
         if fit == decode.FITS:
             at = dict(zip(_runs(sol), offsets))  # type: ignore[arg-type]
             plan = Plan.build(problem, decode.steps_of(problem, sol, at), SolverInfo("exact", "feasible"))
@@ -261,7 +279,7 @@ def _rounds(f, problem: Problem, params: Params, best: _Best, deadline: float, l
         if fit == decode.UNKNOWN:
             params.log.append(f"{label}: packing timed out, no valid cut; stopping")
             break
-        lo, hi = decode.core(problem, bufs, f.n, budget)
+        lo, hi = decode.core(problem, bufs, f.n, budget) if pinned else (0, f.n)
         decode.cut(f, sol, lo, hi, f"nofit_{k}_{lo}_{hi}")
         params.log.append(f"{label} round {k}: residencies do not fit in steps [{lo}, {hi}): cut")
         hint = _encode(f, problem, best.plan, params) if label == "joint" else hint
@@ -302,7 +320,8 @@ def _spine_bound(problem: Problem, params: Params, flags: Flags, best: _Best, de
         if until - now <= 3.0 or best.cost <= bound:
             break
         rel = stages.Relaxation(problem, chain)
-        enough = math.ceil(best.cost / rel.unit) - 1 + 1e-3  # the objective is integral: beyond this, proven
+        # the objective is integral: beyond this, proven (no plan yet where pins exclude the baselines)
+        enough = None if best.cost == math.inf else math.ceil(best.cost / rel.unit) - 1 + 1e-3
         res = backends.solve(rel.model, params.backend, until - now - 1.0, params.threads, None,
                              isolate=len(rel.model.lb) > 2000, stop_at=enough)
         params.log.append(f"spine {i} ({len(chain)} ops) : {res.status}, objective {res.objective}, bound "

@@ -106,6 +106,22 @@ def buffers(problem: Problem, sol: Solution) -> list[Buffer]:
             for t, rs in sol.runs.items() for lo, hi in rs]
 
 
+def pin(bufs: list[Buffer], n: int, first: dict[str, int], last: dict[str, int]) -> bool:
+    """Fixes the offsets of the buffers open at the first step (tensors in `first`) and at
+    the last of `n` steps (in `last`), in place: where a plan continues beyond a segment
+    of it, the residencies crossing its ends already have their places. False when one
+    buffer spans both ends with two different places (it cannot fit unsplit)."""
+    for b in bufs:
+        t = b.id.rsplit("@", 1)[0]
+        at = {first[t]} if b.lower == 0 and t in first else set()
+        at |= {last[t]} if b.upper == n and t in last else set()
+        if len(at) > 1:
+            return False
+        if at:
+            b.offset = at.pop()
+    return True
+
+
 def place(problem: Problem, bufs: list[Buffer], time_limit: float) -> tuple[str, list[int] | None]:
     """Offsets for the buffers: greedy by size first, then the exact search (FITS, NO_FIT
     when proven, UNKNOWN on its time-out or when no exact allocator is installed)."""
@@ -132,7 +148,7 @@ def core(problem: Problem, bufs: list[Buffer], n: int, time_limit: float) -> tup
     buffers and lifetime, so "does not fit" is monotone). Returns (0, n) when no shorter
     window is proven."""
     def fails(lo: int, hi: int) -> bool:
-        clip = [Buffer(b.id, max(b.lower, lo), min(b.upper, hi), b.size, b.alignment)
+        clip = [Buffer(b.id, max(b.lower, lo), min(b.upper, hi), b.size, b.alignment, b.offset)
                 for b in bufs if b.lower < hi and lo < b.upper]
         return exact_fit(clip, problem.capacity, time_limit)[0] == NO_FIT
 
