@@ -236,6 +236,8 @@ def pinned(problem: Problem, steps: list[Step], first: dict[str, int], last: dic
         if len(at) > 1:
             return None
         b.offset = at.pop() if at else None
+    if alloc.fixed_conflict(bufs, problem.capacity):  # two pinned residencies meet
+        return None
     offsets = alloc.greedy(bufs, problem.target.alignment)
     if alloc.height(bufs, offsets) > problem.capacity:
         r = alloc.solve(bufs, problem.capacity, alloc.Params(time_limit=max(0.01, time_limit), greedy_first=False))

@@ -238,6 +238,7 @@ class _Segment:
     radius: int = 0  # most positions an op may move from the segment's order
     time_limit: float = math.inf  # seconds for its exact solve
     stop: float = math.inf  # wall clock (time.time) past which only its baselines run
+    start: list[Step] | None = None  # a plan of it to start from (an LNS window's incumbent)
     pinned: dict[str, int] = dataclasses.field(default_factory=dict)  # carried in: offsets the plan before gave them
     pinned_end: dict[str, int] = dataclasses.field(default_factory=dict)  # carried out: offsets the plan after expects
 
@@ -490,11 +491,14 @@ def _solve_segment(seg: _Segment) -> list[Step]:
     limit = min(seg.time_limit, seg.stop - t0)
     pins = {"pinned": seg.pinned, "pinned_end": seg.pinned_end}
     if limit < MIN_SEGMENT_SECONDS:
+        if seg.start is not None:
+            return seg.start
         runs = [baselines.solve(seg.problem, baselines.Params(replacement=r)) for r in ("belady", "greedy")]
         return _pinned(seg, min(runs, key=lambda p: _cost(seg.problem, p)).steps)
+    start = None if seg.start is None else Plan.build(seg.problem, seg.start, SolverInfo("lns", "feasible"))
     p = exact_solver.solve(seg.problem, exact_solver.Params(  # the whole share: what it leaves, reordering gets
         time_limit=None if limit == math.inf else limit, backend=seg.backend, order_bound=False, joint=False,
-        alloc_time_limit=min(5.0, max(0.1, limit / 4)), **pins))
+        alloc_time_limit=min(5.0, max(0.1, limit / 4)), start=start, **pins))
     steps = _pinned(seg, p.steps)
     left = limit - (time.time() - t0)
     if steps is not None and seg.radius > 0 and p.solver.objective > 0 and left >= MIN_SEGMENT_SECONDS:

@@ -161,6 +161,7 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
                            params.radius, b.has_copy, b.need_copy)
         if pin:
             seg.pinned, seg.pinned_end = b.pinned, b.pinned_end
+            seg.start = _incumbent(seg, steps[cut[lo]:cut[hi]])
         seg.time_limit = min(params.window_time_limit, left)
         seg.stop = time.time() + seg.time_limit
         easy = dnc._no_spill(seg)
@@ -216,6 +217,41 @@ def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list
             return None, excess
         offsets = r.offsets
     return baselines.with_offsets(steps, where, offsets), excess
+
+
+def _incumbent(seg: dnc._Segment, region: list[Step]) -> list[Step] | None:
+    """The plan's own steps of a window as a plan of its segment problem (B loads and
+    makes what is carried in at its pinned offsets, E reads what is carried out), so the
+    window's solve starts from the plan it must beat; None where they are no valid plan
+    of it (a stretched residency: the plan freed or reloaded it inside the window)."""
+    from planner.runtime.simulator import PlanViolation, simulate
+
+    pr = seg.problem
+    ops = pr.graph.ops
+    steps: list[Step] = []
+    if ops[0].name == dnc.BEGIN:
+        steps += [Step("load", tensor=t, offset=seg.pinned.get(t)) for t in ops[0].inputs]
+        steps.append(Step("compute", op=dnc.BEGIN, offsets={t: seg.pinned.get(t) for t in ops[0].outputs}))
+    resident, stored = _scan(pr, steps, set(), set())
+    reloaded = {s.tensor: i for i, s in enumerate(region) if s.kind == "load"}  # last load in the window
+    out = set(seg.carried_out)
+    for i, s in enumerate(region):
+        if s.kind != "compute" and (
+                s.tensor not in pr.sizes
+                or (s.kind == "free" and s.tensor not in resident)  # dropped at the window's start
+                or (s.kind == "load" and s.tensor in resident)  # stretched in: resident already
+                or (s.kind == "free" and s.tensor in out and reloaded.get(s.tensor, -1) < i)):  # stretched out
+            continue
+        steps.append(Step(s.kind, s.tensor, s.offset, s.op, s.offsets))
+        dnc.advance(pr, resident, stored, s)
+    if ops[-1].name == dnc.END:
+        steps.append(Step("compute", op=dnc.END, offsets={}))
+    steps += [Step("free", tensor=t) for t in sorted(resident)]
+    try:
+        simulate(Plan.build(pr, steps, SolverInfo("lns", "feasible")), pr.graph, pr.target, check_metrics=False)
+    except (PlanViolation, KeyError, ValueError):
+        return None
+    return steps
 
 
 def _valid(problem: Problem, steps: list[Step]) -> bool:

@@ -116,3 +116,30 @@ def test_lns_improves_fixed_order_dnc_on_a_layered_dag():
     new = lns.solve(pr, lns.Params(start=old.steps, time_limit=60))
     assert noncompulsory(pr, new) < noncompulsory(pr, old)
     assert any("-> non-compulsory" in line for line in new.extra["log"])  # a window improved it
+
+
+@pytest.mark.parametrize("budget", ["M_R", "M_H"])
+def test_a_window_starts_from_the_plans_own_steps_placed_where_the_plan_has_them(budget):
+    # a baseline plan of a layered DAG, windows of 30 ops: the plan's own steps are a valid
+    # plan of each window's problem (carried tensors at their pinned offsets), and the
+    # window's solve, started from them, never ends worse than the plan there
+    g = layered_dag(120, 2)
+    b = bounds.budgets(Problem(g, T), time_limit=10)
+    pr = Problem(g, T.with_capacity(b.get(budget)))
+    plan = baselines.solve(pr, baselines.Params(schedule=b.order))
+    steps, cut = plan.steps, lns._cuts(plan.steps)
+    for lo in (20, 50, 80):
+        bd = lns._boundary(pr, steps, cut, lo, lo + 30, stretch=False)
+        seg = dnc._segment(pr, bd.order, lo, lo + 30, bd.carried_in, bd.carried_out, pr.capacity, "highs",
+                           0, bd.has_copy, bd.need_copy)
+        seg.pinned, seg.pinned_end = bd.pinned, bd.pinned_end
+        start = lns._incumbent(seg, steps[cut[lo]:cut[lo + 30]])
+        assert start is not None
+        seg.start, seg.time_limit = start, 5.0
+        sub = dnc._solve_segment(seg)
+        assert sub is not None and dnc._pinned(seg, sub) == sub  # placed around the pins
+        assert lns.traffic(seg.problem, sub) <= lns.traffic(seg.problem, start)
+        body, _ = dnc._stitch(pr, [seg], [sub], set(bd.carried_in), bd.stored, offsets=True)
+        new = lns._tidy(pr, bd.head + body + bd.tail)
+        assert lns._valid(pr, new)  # the spliced plan keeps every offset: no placement needed
+        simulate(dnc.Plan.build(pr, new, dnc.SolverInfo("lns", "feasible")), g, pr.target)

@@ -79,6 +79,8 @@ class Params:
     # segment or an LNS window carries in and out, where the plan around it placed them).
     pinned: dict[str, int] = field(default_factory=dict)
     pinned_end: dict[str, int] = field(default_factory=dict)
+    # A valid plan of the problem (an LNS window's incumbent): a candidate and a warm start.
+    start: Plan | None = None
     dump_lp: str | None = None  # write the joint model here (LP/MPS by the back end)
     log: list[str] = field(default_factory=list, repr=False)  # one line per round, for benchmarks
 
@@ -118,6 +120,8 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     orders = _orders(problem, params, deadline)
     best: _Best = _Best(None, math.inf)
     fallback = None  # with pins, a baseline that could not be placed to meet them
+    if params.start is not None:
+        best.offer(params.start, _cost(problem, params.start), "start")
     for order in orders:  # COSMA's baselines on each candidate order
         for replacement in ("belady", "greedy"):
             p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
@@ -227,8 +231,10 @@ def _orders(problem: Problem, params: Params, deadline: float) -> list[list[str]
 
 
 def _hint(f, problem: Problem, order: list[str], params: Params) -> list[int] | None:
-    """The better baseline on `order`, encoded."""
+    """The better baseline on `order` (or the start plan, when better), encoded."""
     best = _Best(None, math.inf)
+    if params.start is not None:
+        best.offer(params.start, _cost(problem, params.start), "start")
     for replacement in ("belady", "greedy"):
         p = baselines.solve(problem, baselines.Params(replacement=replacement, schedule=order))
         best.offer(p, _cost(problem, p), replacement)

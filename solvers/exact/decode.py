@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from planner.plan import Step
 from planner.problem import Problem
-from planner.solvers.alloc import Buffer, greedy_by_size
+from planner.solvers.alloc import Buffer, fixed_conflict, greedy_by_size
 from planner.solvers.exact.model import Formulation
 
 FITS, NO_FIT, UNKNOWN = "fits", "no fit", "unknown"
@@ -126,6 +126,8 @@ def place(problem: Problem, bufs: list[Buffer], time_limit: float) -> tuple[str,
     """Offsets for the buffers: greedy by size first, then the exact search (FITS, NO_FIT
     when proven, UNKNOWN on its time-out or when no exact allocator is installed)."""
     cap, a = problem.capacity, problem.target.alignment
+    if fixed_conflict(bufs, cap):  # two pinned residencies meet in bytes and in time
+        return NO_FIT, None
     offsets = greedy_by_size(bufs, a)
     if max((o + b.size for o, b in zip(offsets, bufs)), default=0) <= cap:
         return FITS, offsets
