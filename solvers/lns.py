@@ -15,10 +15,14 @@ problem whose boundaries are what the plan holds at the window's two ends
 
 and is solved exactly, the order free within `radius` places (`dnc._solve_segment`),
 then spliced back (stores slow memory already holds and loads of resident tensors
-dropped) and the offsets of the whole plan placed again; where they overflow, the
-window's budget is lowered by the overflow and the window solved once more. A window's
-plan is kept only when it moves fewer bytes and the simulator replays it without fault,
-so the search never makes a plan worse.
+dropped). The tensors B and E carry are pinned where the plan has them, so the window's
+solve packs its residencies around the plan's and the spliced plan keeps every offset;
+the solve starts from the plan's own steps there (`_incumbent`) when they are a plan of
+the window. Only when nothing fits around the pins in time is the window solved
+unpinned and the whole plan placed again; where that overflows, the window's budget is
+lowered by the overflow and the window solved once more. A window's plan is kept only
+when it moves fewer bytes and the simulator replays it without fault, so the search
+never makes a plan worse.
 
 Windows overlap by half, and each sweep starts a third of a window further on, so every
 cut of an earlier sweep, and of dnc's passes, lies inside a later window. Windows whose
@@ -137,9 +141,10 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
     """Ops lo..hi-1 of the plan's order re-solved with the rest fixed: the new plan, placed
     and replayed, and its traffic; or None when the window moves no non-compulsory byte,
     or no plan of it moves fewer bytes and fits once placed. First with the residencies
-    that end or start near the window stretched across its cuts (`_boundary`), then, if
-    those do not fit once placed, as the plan has them; an overflow once placed lowers
-    the window's budget by the overflow, once per try."""
+    that end or start near the window stretched across its cuts (`_boundary`), then as
+    the plan has them; each pinned to the plan's offsets, and where nothing fits around
+    the pins, unpinned with the whole plan placed again (an overflow then lowers the
+    window's budget by the overflow, once per try)."""
     from planner.runtime.simulator import PlanViolation, simulate
 
     g = problem.graph
