@@ -160,13 +160,13 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
         if left <= dnc.MIN_SEGMENT_SECONDS:
             return None
         b = _boundary(problem, steps, cut, lo, hi, stretch)
-        if stretch and not b.stretched:
+        if stretch and not (b.stretched_in or b.stretched_out):
             continue  # the same as the try without stretching
         seg = dnc._segment(problem, b.order, lo, hi, b.carried_in, b.carried_out, capacity, params.backend,
                            params.radius, b.has_copy, b.need_copy)
         if pin:
             seg.pinned, seg.pinned_end = b.pinned, b.pinned_end
-            seg.start = _incumbent(seg, steps[cut[lo]:cut[hi]])
+            seg.start = _incumbent(seg, steps[cut[lo]:cut[hi]], b.stretched_in, b.stretched_out)
         seg.time_limit = min(params.window_time_limit, left)
         seg.stop = time.time() + seg.time_limit
         easy = dnc._no_spill(seg)
@@ -224,11 +224,14 @@ def _place(problem: Problem, steps: list[Step], time_limit: float) -> tuple[list
     return baselines.with_offsets(steps, where, offsets), excess
 
 
-def _incumbent(seg: dnc._Segment, region: list[Step]) -> list[Step] | None:
-    """The plan's own steps of a window as a plan of its segment problem (B loads and
-    makes what is carried in at its pinned offsets, E reads what is carried out), so the
-    window's solve starts from the plan it must beat; None where they are no valid plan
-    of it (a stretched residency: the plan freed or reloaded it inside the window)."""
+def _incumbent(seg: dnc._Segment, region: list[Step], into: frozenset[str] = frozenset(),
+               out_of: frozenset[str] = frozenset()) -> list[Step] | None:
+    """The plan's own steps of a window as a plan of its segment problem, so the window's
+    solve starts from the plan it must beat: B loads and makes what is carried in at its
+    pinned offsets, E reads what is carried out. A residency stretched into the window
+    (`into`) is freed again right after B, as the plan had it, and one stretched out of it
+    (`out_of`) is loaded again at its pinned offset before E, where the plan reloaded it
+    after the window. None where the steps are no valid plan of it."""
     from planner.runtime.simulator import PlanViolation, simulate
 
     pr = seg.problem
@@ -237,19 +240,15 @@ def _incumbent(seg: dnc._Segment, region: list[Step]) -> list[Step] | None:
     if ops[0].name == dnc.BEGIN:
         steps += [Step("load", tensor=t, offset=seg.pinned.get(t)) for t in ops[0].inputs]
         steps.append(Step("compute", op=dnc.BEGIN, offsets={t: seg.pinned.get(t) for t in ops[0].outputs}))
+        steps += [Step("free", tensor=t) for t in sorted(into)]
     resident, stored = _scan(pr, steps, set(), set())
-    reloaded = {s.tensor: i for i, s in enumerate(region) if s.kind == "load"}  # last load in the window
-    out = set(seg.carried_out)
-    for i, s in enumerate(region):
-        if s.kind != "compute" and (
-                s.tensor not in pr.sizes
-                or (s.kind == "free" and s.tensor not in resident)  # dropped at the window's start
-                or (s.kind == "load" and s.tensor in resident)  # stretched in: resident already
-                or (s.kind == "free" and s.tensor in out and reloaded.get(s.tensor, -1) < i)):  # stretched out
-            continue
-        steps.append(Step(s.kind, s.tensor, s.offset, s.op, s.offsets))
-        dnc.advance(pr, resident, stored, s)
+    for s in region:  # the frees of what the window's start already dropped are left out
+        if s.kind == "compute" or (s.tensor in pr.sizes and (s.kind != "free" or s.tensor in resident)):
+            steps.append(Step(s.kind, s.tensor, s.offset, s.op, s.offsets))
+            dnc.advance(pr, resident, stored, s)
     if ops[-1].name == dnc.END:
+        steps += [Step("load", tensor=t, offset=seg.pinned_end.get(t)) for t in sorted(out_of - resident)]
+        resident |= out_of
         steps.append(Step("compute", op=dnc.END, offsets={}))
     steps += [Step("free", tensor=t) for t in sorted(resident)]
     try:
@@ -284,7 +283,8 @@ class _Boundary:
     has_copy: frozenset[str]
     need_copy: frozenset[str]
     stored: set[str]  # what slow memory holds at the window's start
-    stretched: int  # residencies stretched across the cuts
+    stretched_in: frozenset[str]  # residencies stretched into the window (their frees before it dropped)
+    stretched_out: frozenset[str]  # and out of it (their loads after it dropped)
     pinned: dict[str, int]  # carried in: the offsets the plan has them at
     pinned_end: dict[str, int]  # carried out: the offsets the rest of the plan expects them at
 
@@ -305,6 +305,8 @@ def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: 
     live_in, live_out = _live(problem, pos, lo), _live(problem, pos, hi)
     carried_in, carried_out = resident & live_in, after & live_out
     drop: set[int] = set()  # step indices
+    into: set[str] = set()  # stretched into the window
+    out_of: set[str] = set()  # stretched out of it
     bufs, where = baselines.residencies(problem, steps)
     offsets = baselines.offsets_of(steps, where)
     opened = {(t, i): off for (i, t), off in zip(where, offsets)}  # residency (tensor, opening step) -> offset
@@ -330,6 +332,7 @@ def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: 
             if t in last_free and fits(t, last_free[t], cut[lo], ends.get((t, last_free[t]))):
                 drop.add(last_free[t])
                 carried_in.add(t)
+                into.add(t)
                 pinned[t] = ends[t, last_free[t]]
         used = {t for o in order[lo:hi] for t in problem.tensors_of(g.op(o))} | carried_in
         first: dict[str, int] = {}
@@ -340,6 +343,7 @@ def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: 
             if t in first and steps[first[t]].kind == "load" and fits(t, cut[hi], first[t], opened.get((t, first[t]))):
                 drop.add(first[t])
                 carried_out.add(t)
+                out_of.add(t)
                 pinned_end[t] = opened[t, first[t]]
 
     def bare(i: int, s: Step) -> list[Step]:  # offsets kept: a pinned window continues them
@@ -351,7 +355,7 @@ def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: 
     has_copy = frozenset(t for t in carried_in if t in stored and g.tensors[t].kind == "activation")
     need_copy = frozenset(_reloaded(problem, tail) & carried_out)
     return _Boundary(order, head, tail, sorted(carried_in), sorted(carried_out), has_copy, need_copy, stored,
-                     len(drop), pinned, pinned_end)
+                     frozenset(into), frozenset(out_of), pinned, pinned_end)
 
 
 def _opening(problem: Problem, steps: list[Step]) -> dict[str, int]:

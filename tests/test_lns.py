@@ -118,22 +118,23 @@ def test_lns_improves_fixed_order_dnc_on_a_layered_dag():
     assert any("-> non-compulsory" in line for line in new.extra["log"])  # a window improved it
 
 
-@pytest.mark.parametrize("budget", ["M_R", "M_H"])
-def test_a_window_starts_from_the_plans_own_steps_placed_where_the_plan_has_them(budget):
+@pytest.mark.parametrize("budget,stretch", [("M_R", False), ("M_H", False), ("M_H", True)])
+def test_a_window_starts_from_the_plans_own_steps_placed_where_the_plan_has_them(budget, stretch):
     # a baseline plan of a layered DAG, windows of 30 ops: the plan's own steps are a valid
-    # plan of each window's problem (carried tensors at their pinned offsets), and the
-    # window's solve, started from them, never ends worse than the plan there
+    # plan of each window's problem (carried tensors at their pinned offsets; residencies
+    # stretched across the cuts freed and reloaded as the plan has them), and the window's
+    # solve, started from them, never ends worse than the plan there
     g = layered_dag(120, 2)
     b = bounds.budgets(Problem(g, T), time_limit=10)
     pr = Problem(g, T.with_capacity(b.get(budget)))
     plan = baselines.solve(pr, baselines.Params(schedule=b.order))
     steps, cut = plan.steps, lns._cuts(plan.steps)
     for lo in (20, 50, 80):
-        bd = lns._boundary(pr, steps, cut, lo, lo + 30, stretch=False)
+        bd = lns._boundary(pr, steps, cut, lo, lo + 30, stretch=stretch)
         seg = dnc._segment(pr, bd.order, lo, lo + 30, bd.carried_in, bd.carried_out, pr.capacity, "highs",
                            0, bd.has_copy, bd.need_copy)
         seg.pinned, seg.pinned_end = bd.pinned, bd.pinned_end
-        start = lns._incumbent(seg, steps[cut[lo]:cut[lo + 30]])
+        start = lns._incumbent(seg, steps[cut[lo]:cut[lo + 30]], bd.stretched_in, bd.stretched_out)
         assert start is not None
         seg.start, seg.time_limit = start, 5.0
         sub = dnc._solve_segment(seg)
