@@ -25,6 +25,7 @@ from planner.bounds import check_budget, min_peak
 from planner.ir import Bytes
 from planner.plan import Plan, SolverInfo, Step
 from planner.problem import Problem, align_up
+from planner.solvers import alloc
 from planner.solvers.alloc import Buffer, greedy_by_size
 
 NAMES = ("file-belady", "file-greedy", "minpeak-belady", "minpeak-greedy")
@@ -219,16 +220,30 @@ def offsets_of(steps: list[Step], owner: list[tuple[int, str]]) -> list[int | No
     return out
 
 
+def offset_error(problem: Problem, steps: list[Step]) -> str | None:
+    """Why the offsets `steps` carry do not place every residency within the capacity
+    (one missing, two overlapping, one above it); None when they do."""
+    bufs, where = residencies(problem, steps)
+    offsets = offsets_of(steps, where)
+    if None in offsets:
+        return f"residency of {where[offsets.index(None)][1]} has no offset"
+    try:
+        alloc.validate(bufs, offsets, problem.capacity)
+    except alloc.InvalidPacking as e:
+        return str(e)
+    return None
+
+
 def pinned(problem: Problem, steps: list[Step], first: dict[str, int], last: dict[str, int],
            time_limit: float) -> list[Step] | None:
-    """`steps` with every offset placed again, those of the residencies open at the first
-    compute (tensors in `first`) and at the last one (in `last`) fixed there: a segment of
-    a larger plan placed to continue it (solvers.dnc, solvers.lns). Greedy first, then the
-    exact allocator for `time_limit` seconds; None when no packing within the capacity is
-    found (or one residency would need two places)."""
-    from planner.solvers import alloc
-
+    """`steps` with the offsets of the residencies open at the first compute (tensors in
+    `first`) and at the last one (in `last`) fixed there: a segment of a larger plan placed
+    to continue it (solvers.dnc, solvers.lns). Steps whose offsets already place every
+    residency that way come back as they are; otherwise every offset is placed again,
+    greedy first, then the exact allocator for `time_limit` seconds. None when no packing
+    within the capacity is found (or one residency would need two places)."""
     bufs, where = residencies(problem, steps)
+    had = offsets_of(steps, where)
     computes = [i for i, s in enumerate(steps) if s.kind == "compute"]
     for b, (_, t) in zip(bufs, where):
         at = {first[t]} if t in first and b.lower <= computes[0] < b.upper else set()
@@ -236,6 +251,8 @@ def pinned(problem: Problem, steps: list[Step], first: dict[str, int], last: dic
         if len(at) > 1:
             return None
         b.offset = at.pop() if at else None
+    if None not in had and all(b.offset in (None, o) for b, o in zip(bufs, had)):
+        return steps
     if alloc.fixed_conflict(bufs, problem.capacity):  # two pinned residencies meet
         return None
     offsets = alloc.greedy(bufs, problem.target.alignment)

@@ -71,7 +71,7 @@ from planner.bounds import LowerBound, check_budget, known, min_peak
 from planner.ir import Graph, Op, Tensor
 from planner.plan import Plan, SolverInfo, Step
 from planner.problem import Problem, align_up
-from planner.solvers import alloc, baselines
+from planner.solvers import baselines
 from planner.solvers import exact as exact_solver
 from planner.solvers.exact.model import windows
 
@@ -87,7 +87,7 @@ class Params:
     schedule: list[str] | None = None  # the op order (from the API); the min-peak order when None
     segment_ops: int = 40  # most graph ops per segment problem
     passes: int = 4  # most boundary passes; pass k shifts the cuts by k / passes of a segment
-    workers: int = 1  # processes for the segments of a pass (1: sequential, same plans)
+    workers: int = 1  # processes for the segments of a pass (1: in turn, each placed around its pins)
     segment_time_limit: float = 10.0  # seconds per segment's exact solve, at most
     backend: str = "highs"  # the exact solver's back end
     radius: int = 40  # most places an op may move from the guide's order in a segment (0: fixed order)
@@ -288,15 +288,13 @@ def _pass(problem: Problem, order: list[str], guide: list[Step], shift: int, par
             if sub is None:
                 sub, drained = _drained(problem, order, cuts[i], cuts[i + 1], seg), drained + 1
         todo -= i in hard
-        at = _open_at_end(sub)
+        at = _resident_offsets(sub[:max(k for k, s in enumerate(sub) if s.kind == "compute") + 1])  # at its E
         plans.append(sub)
     steps, _ = _stitch(problem, segs, plans, offsets=True)
     note = f"{n} segments ({calls} solver calls, {drained} drained), cuts shifted by {shift}"
-    bufs, where = baselines.residencies(problem, steps)
-    try:
-        alloc.validate(bufs, baselines.offsets_of(steps, where), problem.capacity)
-    except alloc.InvalidPacking as e:  # not expected: the pins make the offsets agree
-        return None, note + f": stitched offsets invalid ({e})"
+    error = baselines.offset_error(problem, steps)
+    if error is not None:  # not expected: the pins make the offsets agree
+        return None, note + f": stitched offsets invalid ({error})"
     return steps, note
 
 
@@ -313,11 +311,10 @@ def _drained(problem: Problem, order: list[str], lo: int, hi: int, seg: _Segment
     return [Step("compute", op=BEGIN, offsets={})] + spill + [Step("free", tensor=t) for t in seg.carried_in] + body
 
 
-def _open_at_end(steps: list[Step]) -> dict[str, int]:
-    """The offset of every tensor resident at the last compute of `steps` (a segment's E)."""
+def _resident_offsets(steps: list[Step]) -> dict[str, int]:
+    """The offset of every tensor resident after `steps`."""
     at: dict[str, int] = {}
-    last = max(i for i, s in enumerate(steps) if s.kind == "compute")
-    for s in steps[:last + 1]:
+    for s in steps:
         if s.kind == "load":
             at[s.tensor] = s.offset  # type: ignore[index,assignment]
         elif s.kind == "compute":
@@ -513,14 +510,7 @@ def _solve_segment(seg: _Segment) -> list[Step]:
 
 def _pinned(seg: _Segment, steps: list[Step]) -> list[Step] | None:
     """`steps` when they place every residency and keep the segment's pins, else placed
-    again to keep them; None when they cannot be."""
-    bufs, where = baselines.residencies(seg.problem, steps)
-    computes = [i for i, s in enumerate(steps) if s.kind == "compute"]
-    offsets = baselines.offsets_of(steps, where)
-    if None not in offsets and all(seg.pinned.get(t, off) == off for b, (_, t), off in zip(bufs, where, offsets) if b.lower <= computes[0] < b.upper) \
-            and all(seg.pinned_end.get(t, off) == off for b, (_, t), off in zip(bufs, where, offsets)
-                    if b.lower <= computes[-1] < b.upper):
-        return steps
+    again to keep them (`baselines.pinned`); None when they cannot be."""
     return baselines.pinned(seg.problem, steps, seg.pinned, seg.pinned_end, 1.0)
 
 
@@ -544,7 +534,7 @@ def _neighbourhood(problem: Problem, order: list[str], radius: int) -> dict[str,
 
 def _stitch(problem: Problem, segs: list[_Segment], plans: list[list[Step]], resident: set[str] | None = None,
             stored: set[str] | None = None, offsets: bool = False) -> tuple[list[Step], list[int]]:
-    """One step list from the segment plans (offsets left to `_place`): the boundary ops,
+    """One step list from the segment plans (offsets dropped unless `offsets`): the boundary ops,
     loads of tensors already resident, stores of tensors slow memory already holds and
     the frees after E are dropped; what a segment leaves resident beyond its carried-out
     tensors is freed at its end. `resident` and `stored` say what fast and slow memory

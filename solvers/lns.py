@@ -182,7 +182,7 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
                 return None  # the window is at a local optimum (stretched or not: one try is enough)
             continue
         budget = min(params.alloc_time_limit, max(0.1, left))
-        placed = new if pin and _valid(problem, new) else _place_near(problem, steps, new, budget)
+        placed = new if pin and baselines.offset_error(problem, new) is None else _place_near(problem, steps, new, budget)
         excess: list[int] = []
         if placed is None:
             placed, excess = _place(problem, new, budget)
@@ -258,25 +258,12 @@ def _incumbent(seg: dnc._Segment, region: list[Step], into: frozenset[str] = fro
     return steps
 
 
-def _valid(problem: Problem, steps: list[Step]) -> bool:
-    """Whether the offsets `steps` carry already place every residency within the capacity."""
-    bufs, where = baselines.residencies(problem, steps)
-    offsets = baselines.offsets_of(steps, where)
-    if any(o is None for o in offsets):
-        return False
-    try:
-        alloc.validate(bufs, offsets, problem.capacity)
-    except alloc.InvalidPacking:
-        return False
-    return True
-
-
 @dataclass
 class _Boundary:
     """A window's two cuts as the plan (possibly stretched) has them, and the plan around it."""
 
     order: list[str]
-    head: list[Step]  # the steps before the window (offsets dropped), frees of what is dead there added
+    head: list[Step]  # the steps before the window (offsets kept), frees of what is dead there added
     tail: list[Step]  # the steps after it
     carried_in: list[str]
     carried_out: list[str]
@@ -307,12 +294,11 @@ def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: 
     drop: set[int] = set()  # step indices
     into: set[str] = set()  # stretched into the window
     out_of: set[str] = set()  # stretched out of it
-    bufs, where = baselines.residencies(problem, steps)
-    offsets = baselines.offsets_of(steps, where)
-    opened = {(t, i): off for (i, t), off in zip(where, offsets)}  # residency (tensor, opening step) -> offset
-    pinned = {t: opened[t, i] for t, i in _opening(problem, prefix).items() if t in carried_in}
-    pinned_end = {t: opened[t, i] for t, i in _opening(problem, steps[:cut[hi]]).items() if t in carried_out}
+    pinned = {t: off for t, off in dnc._resident_offsets(prefix).items() if t in carried_in}
+    pinned_end = {t: off for t, off in dnc._resident_offsets(steps[:cut[hi]]).items() if t in carried_out}
     if stretch:
+        bufs, where = baselines.residencies(problem, steps)
+        offsets = baselines.offsets_of(steps, where)
         room = [problem.capacity - b for b in _profile(problem, steps)]
         ends = {(t, b.upper): off for b, (_, t), off in zip(bufs, where, offsets)}  # residency (tensor, free step)
 
@@ -340,11 +326,11 @@ def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: 
             if s.kind in ("load", "store"):
                 first.setdefault(s.tensor, i)  # type: ignore[arg-type]
         for t in sorted((live_out & used) - carried_out, key=lambda t: (-size[t], t)):
-            if t in first and steps[first[t]].kind == "load" and fits(t, cut[hi], first[t], opened.get((t, first[t]))):
+            if t in first and steps[first[t]].kind == "load" and fits(t, cut[hi], first[t], steps[first[t]].offset):
                 drop.add(first[t])
                 carried_out.add(t)
                 out_of.add(t)
-                pinned_end[t] = opened[t, first[t]]
+                pinned_end[t] = steps[first[t]].offset  # type: ignore[assignment]
 
     def bare(i: int, s: Step) -> list[Step]:  # offsets kept: a pinned window continues them
         return [] if i in drop else [Step(s.kind, s.tensor, s.offset, s.op, s.offsets)]
@@ -356,19 +342,6 @@ def _boundary(problem: Problem, steps: list[Step], cut: list[int], lo: int, hi: 
     need_copy = frozenset(_reloaded(problem, tail) & carried_out)
     return _Boundary(order, head, tail, sorted(carried_in), sorted(carried_out), has_copy, need_copy, stored,
                      frozenset(into), frozenset(out_of), pinned, pinned_end)
-
-
-def _opening(problem: Problem, steps: list[Step]) -> dict[str, int]:
-    """Per tensor resident after `steps`: the index of the step that opened its residency."""
-    out: dict[str, int] = {}
-    for i, s in enumerate(steps):
-        if s.kind == "load":
-            out[s.tensor] = i  # type: ignore[index]
-        elif s.kind == "compute":
-            out.update({t: i for t in problem.graph.op(s.op).outputs if t in problem.sizes})  # type: ignore[arg-type]
-        elif s.kind == "free":
-            out.pop(s.tensor, None)  # type: ignore[arg-type]
-    return out
 
 
 def _profile(problem: Problem, steps: list[Step]) -> list[int]:

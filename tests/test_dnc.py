@@ -80,11 +80,11 @@ def test_exact_keeps_the_offsets_pinned_at_a_segments_ends():
     kept = dnc._kept_at(pr, order, guide.steps, [30, 55])
     seg = dnc._segment(pr, order, 30, 55, sorted(kept[0]), sorted(kept[1]), pr.capacity, "highs")
     head = guide.steps[:[i for i, s in enumerate(guide.steps) if s.kind == "compute"][30]]
-    pins = {t: off for t, off in dnc._open_at_end(head).items() if t in kept[0]}
+    pins = {t: off for t, off in dnc._resident_offsets(head).items() if t in kept[0]}
     assert pins and set(pins) <= set(live[30])
     p = exact.solve(seg.problem, exact.Params(time_limit=20, pinned=pins))
     simulate(p, seg.problem.graph, seg.problem.target)
-    assert {t: off for t, off in dnc._open_at_end(p.steps[:p.steps.index(next(
+    assert {t: off for t, off in dnc._resident_offsets(p.steps[:p.steps.index(next(
         s for s in p.steps if s.kind == "compute")) + 1]).items() if t in pins} == pins
 
 
