@@ -267,8 +267,16 @@ def solve(buffers: list[Buffer], capacity: int, params: Params | None = None) ->
         offsets = greedy(buffers)
         if height(buffers, offsets) <= capacity:
             return result("feasible", offsets, "greedy")
-    st, offsets, nodes, backtracks = search(buffers, capacity, params)
+    fallback = params.cpsat_fallback and params.time_limit is not None
+    st, offsets, nodes, backtracks = search(buffers, capacity,
+                                            replace(params, time_limit=params.time_limit / 2) if fallback else params)
     status = {FOUND: "feasible", NOT_FOUND: "infeasible"}.get(st, "timeout")
+    if status == "timeout" and fallback:
+        left = params.time_limit - (time.monotonic() - start)
+        if left > 0.01:
+            r = cpsat_solve(buffers, capacity, left, workers=1)
+            if r.status in ("feasible", "infeasible"):
+                return result(r.status, r.offsets, "cpsat", nodes, backtracks)
     return result(status, offsets, "exact", nodes, backtracks)
 
 
@@ -432,6 +440,7 @@ _HELP = {
     "restarts": "run the first preordering only, without node limits",
     "extension": "run the Python search instead of the C one",
     "greedy_first": "do not try the greedy heuristics before searching",
+    "cpsat_fallback": "with --capacity and a time limit, do not hand the second half to CP-SAT",
 }
 
 

@@ -176,6 +176,23 @@ def test_timeout_is_never_infeasible():
         assert r.offsets is None and r.lower_bound == load(buffers)
 
 
+@settings(max_examples=40, deadline=None)
+@given(instances())
+def test_cpsat_decides_when_the_search_runs_out_of_time(case):
+    # The search is made to time out: solve's answer is then CP-SAT's, checked by brute force.
+    import planner.solvers.alloc as alloc_module
+    from planner.solvers.alloc_search import TIMEOUT
+
+    buffers, capacity = case
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(alloc_module, "search", lambda *_: (TIMEOUT, None, 0, 0))
+        r = solve(buffers, capacity, Params(time_limit=10, greedy_first=False))
+    assert r.status == ("feasible" if brute_force(buffers, capacity) else "infeasible")
+    assert r.solver in ("bound", "cpsat")  # "bound": LOAD or fixed buffers rule it out before any search
+    if r.offsets is not None:
+        validate(buffers, r.offsets, capacity)
+
+
 @pytest.mark.parametrize("name", "ABCDEFGHIJK")
 def test_challenging_instances_fit_one_mebibyte(name):
     buffers = read_csv(DATA / "challenging" / f"{name}.1048576.csv")
