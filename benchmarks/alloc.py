@@ -42,7 +42,7 @@ def greedy_row(buffers) -> dict:
 
 
 def decide(buffers, capacity: int, params: Params) -> dict:
-    r = solve(buffers, capacity, replace(params, greedy_first=False))
+    r = solve(buffers, capacity, replace(params, greedy_first=False, cpsat_fallback=False))  # the search alone
     if r.offsets is not None:
         validate(buffers, r.offsets, capacity)
     return {"status": r.status, "seconds": r.seconds, "nodes": r.nodes, "backtracks": r.backtracks}

@@ -1,7 +1,8 @@
 """CP-SAT cross-check for offset allocation: one NoOverlap2D over (time, address) boxes.
 
-Slower than the exact search on hard instances; it exists to check the search on others.
-Sizes are divided by their common divisor first, which keeps the offset domains small.
+Slower than the exact search at finding packings on hard instances; it exists to check the
+search, and `alloc.solve` hands it the second half of a time limit the search ran out of:
+its energy reasoning proves some tight instances infeasible at once. Sizes are divided by their common divisor first, which keeps the offset domains small.
 """
 from __future__ import annotations
 
