@@ -225,7 +225,9 @@ def fixed_conflict(buffers: list[Buffer], capacity: int | None) -> str | None:
 
 
 def solve(buffers: list[Buffer], capacity: int, params: Params | None = None) -> AllocResult:
-    """Decides whether the buffers fit `capacity` bytes: greedy first, then the exact search.
+    """Decides whether the buffers fit `capacity` bytes: greedy first, then the exact search;
+    with a time limit, the search gets half and CP-SAT the rest if it ran out
+    (`Params.cpsat_fallback`), since CP-SAT proves some tight instances infeasible at once.
 
     Parameters
     ----------

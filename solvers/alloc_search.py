@@ -88,7 +88,7 @@ class Params:
     greedy_first: bool = True
     # solve(): when the search runs out of half the time, CP-SAT (solvers/alloc_cpsat.py) gets
     # the rest. Its NoOverlap2D energy reasoning proves some tight instances infeasible at
-    # once that the search takes minutes on (a 45-buffer window of PNASNet-5: 0.15 s vs 25 s).
+    # once that the search needs tens of seconds for (a 45-buffer window of PNASNet-5: 0.15 s vs 25 s).
     cpsat_fallback: bool = True
 
 
