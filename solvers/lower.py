@@ -120,8 +120,9 @@ def lower_bound(problem: Problem, time_limit: float = 10.0, *, peak: int | None 
     if not problem.fixed_order and not problem.allow_recompute:  # on up to 30% of the time
         better(_spine(problem, time.perf_counter() + 0.3 * (deadline - time.perf_counter())),
                "the spine relaxation")
-    for i, k in enumerate(sizes):  # then slices, on up to 30% of the time; the covering takes what they leave
-        better(_segments(problem, order, k, time.perf_counter() + (t0 + 0.3 * time_limit - time.perf_counter()) / (len(sizes) - i)),
+    slices_end = time.perf_counter() + 0.3 * (deadline - time.perf_counter())
+    for i, k in enumerate(sizes):  # then slices, on 30% of what is left; the covering takes what they leave
+        better(_segments(problem, order, k, time.perf_counter() + (slices_end - time.perf_counter()) / (len(sizes) - i)),
                f"slices of about {k} ops")
     for value in rounds:
         better(value)
