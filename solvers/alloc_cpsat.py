@@ -2,7 +2,8 @@
 
 Slower than the exact search at finding packings on hard instances; it exists to check the
 search, and `alloc.solve` hands it the second half of a time limit the search ran out of:
-its energy reasoning proves some tight instances infeasible at once. Sizes are divided by their common divisor first, which keeps the offset domains small.
+its energy reasoning proves some tight instances infeasible at once. Sizes are divided by
+their common divisor first, which keeps the offset domains small.
 """
 from __future__ import annotations
 

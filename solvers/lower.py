@@ -239,7 +239,10 @@ def _spine(problem: Problem, until: float) -> int:
     from planner.solvers.exact import stages
 
     chains = stages.spines(problem)
-    rel = stages.Relaxation(problem, chains[0]) if chains else None
+    try:
+        rel = stages.Relaxation(problem, chains[0], max_columns=SPINE_MAX_COLUMNS) if chains else None
+    except ValueError:  # its gap columns alone are too many: not built
+        return 0
     if rel is None or len(rel.model.lb) > SPINE_MAX_COLUMNS or until - time.perf_counter() < 1.0:
         return 0
     res = backends.solve(rel.model, "highs", until - time.perf_counter(), 1, None, bound_only=True,

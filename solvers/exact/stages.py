@@ -67,10 +67,13 @@ def spines(problem: Problem) -> list[list[str]]:
 class Relaxation:
     """The spine model of `problem` (see the module docstring) and the maps to read it."""
 
-    def __init__(self, problem: Problem, chain: list[str], off_spine: bool = True):
+    def __init__(self, problem: Problem, chain: list[str], off_spine: bool = True, max_columns: int | None = None):
         """With problem.allow_recompute, an activation may come back by recomputing its
         producer instead of a load: each come-back then costs at least the lesser of its
-        size and its producer's recompute charge (rounded down), and no store is needed."""
+        size and its producer's recompute charge (rounded down), and no store is needed.
+
+        Raises ValueError, before building the model, when its gap columns alone exceed
+        `max_columns` (a 5,000-op DAG's model takes 45 s to build, its windows 0.4 s)."""
         self.problem = problem
         g, size = problem.graph, problem.sizes
         al = problem.target.alignment
@@ -88,6 +91,8 @@ class Relaxation:
             lo = max((pos[c] + 1 for c in chain if anc[o.name] >> index[c] & 1), default=0)
             hi = min((pos[c] for c in chain if anc[c] >> index[o.name] & 1), default=m)
             self.gap[o.name] = (lo, hi)
+        if max_columns is not None and sum(hi - lo for lo, hi in self.gap.values()) > max_columns:
+            raise ValueError(f"spine model of more than {max_columns} columns")
         self.model = md = Model()
         self.unit = 1 if problem.allow_recompute else math.gcd(*size.values()) if size else 1
         self.d: dict[tuple[str, int], int] = {}
