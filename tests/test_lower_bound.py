@@ -9,7 +9,7 @@ from planner import bounds
 from planner.ir import Target
 from planner.problem import Problem
 from planner.solvers import exact
-from planner.solvers.lower import Beside, _covering, _segments, lower_bound
+from planner.solvers.lower import Beside, _covering, _Liveness, _segments, lower_bound
 from tests.graphs import build, random_dags
 
 T = Target("t", capacity=10**9, alignment=64, element_bytes=1)
@@ -35,6 +35,35 @@ def test_never_above_the_optimum(g, budget, segment_ops, fixed):
     assert _segments(pr, order, segment_ops, 1e18) <= best  # several owned slices
     lb = lower_bound(pr, 5.0, order=order, segment_ops=segment_ops)
     assert 0 <= lb.bytes <= best and lb.how
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(random_dags(max_ops=8, alignment=64), st.data())
+def test_least_live_bytes_is_the_fewest_over_every_ran_set(g, data):
+    # `_Liveness.least` (a max flow over arrays) against every set I of ops already run
+    # when op i computes: closed under predecessors, holding i's ancestors, none of its
+    # descendants; a tensor is live when made (an input: read) in I and read outside it.
+    pr = Problem(g, T)
+    live = _Liveness(pr)
+    n = len(live.ops)
+    i = data.draw(st.integers(0, n - 1))
+    maybe = live.made[i].copy()
+    maybe[[live.row[t] for t in pr.tensors_of(live.ops[i]) if t in live.row]] = False
+    preds = [{live.index[p] for t in o.inputs if (p := g.tensors[t].producer) is not None} for o in live.ops]
+    best = None
+    for bits in range(1 << n):
+        ran = {j for j in range(n) if bits >> j & 1}
+        if (i in ran or any(preds[j] - ran for j in ran) or any(live.anc[i] >> j & 1 and j not in ran for j in range(n))
+                or any(live.desc[i] >> j & 1 for j in ran)):
+            continue
+        total = 0
+        for k in range(len(live.tensors)):
+            tt = g.tensors[live.tensors[k]]
+            readers = {live.index[c] for c in tt.consumers}
+            made = live.index[tt.producer] in ran if tt.producer is not None else bool(readers & ran)
+            total += int(live.padded[k]) if maybe[k] and made and readers - ran else 0
+        best = total if best is None else min(best, total)
+    assert live.least(i, maybe) == best
 
 
 def test_zero_where_the_no_spill_peak_fits():
