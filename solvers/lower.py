@@ -247,7 +247,7 @@ def _spine(problem: Problem, until: float) -> int:
         return 0
     res = backends.solve(rel.model, "highs", until - time.perf_counter(), 1, None, bound_only=True,
                          isolate=len(rel.model.lb) > 2000)
-    return max(0, math.ceil(res.bound - 1e-6) * rel.unit) if math.isfinite(res.bound) else 0
+    return rel.bytes(res.bound)
 
 
 def _op_rows(problem: Problem, live: "_Liveness", cap: int, until: float) -> list[tuple[int, list[str]]]:

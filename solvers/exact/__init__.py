@@ -332,8 +332,7 @@ def _spine_bound(problem: Problem, params: Params, flags: Flags, best: _Best, de
                              isolate=len(rel.model.lb) > 2000, stop_at=enough)
         params.log.append(f"spine {i} ({len(chain)} ops) : {res.status}, objective {res.objective}, bound "
                           f"{res.bound}, {res.seconds:.2f} s, {len(rel.model.lb)} columns, {len(rel.model.row_lo)} rows")
-        if res.bound > -math.inf:
-            bound = max(bound, math.ceil(res.bound - 1e-6) * rel.unit)
+        bound = max(bound, rel.bytes(res.bound))
         if res.x is not None and best.cost > bound:
             order = rel.order_of(res.x, tie)
             f = build(problem, flags, order, recompute="plan" if problem.allow_recompute else "")

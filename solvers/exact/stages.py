@@ -131,6 +131,11 @@ class Relaxation:
         if off_spine:
             self._off_spine(anc, index, cap)
 
+    def bytes(self, bound: float) -> int:
+        """A dual bound of the model as bytes of traffic: its objective counts whole units,
+        so the bound rounds up (0 when nothing is proven)."""
+        return max(0, math.ceil(bound - 1e-6) * self.unit) if math.isfinite(bound) else 0
+
     def before(self, o: str, j: int) -> tuple[dict[int, int], int]:
         """1 if op o runs before spine op c_j, as (terms, constant)."""
         if o not in self.gap:  # a spine op
