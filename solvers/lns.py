@@ -27,10 +27,8 @@ never makes a plan worse.
 Windows overlap by half, and each sweep starts a third of a window further on, so every
 cut of an earlier sweep, and of dnc's passes, lies inside a later window. Windows whose
 steps move no non-compulsory byte are skipped (nothing there to save). A sweep that
-improves nothing widens the windows by half, up to `max_window_ops`; after two such
-sweeps at that width every window is at a local optimum, and while time is left the
-widest window and each window's time double (until a window is the whole plan, whose
-local optimum ends the search).
+improves nothing widens the windows by half, up to `max_window_ops`; two such sweeps at
+that width end the search early: every window is then at a local optimum.
 """
 from __future__ import annotations
 
@@ -94,8 +92,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         _report(params, cost, t0)
     log: list[str] = []
     width, sweep, settled = params.window_ops, 0, 0
-    widest, window_time = params.max_window_ops, params.window_time_limit
-    while cost > known(params.lower_bound) and time.perf_counter() < deadline:
+    while cost > known(params.lower_bound) and time.perf_counter() < deadline and settled < 2:
         n = sum(1 for s in steps if s.kind == "compute")
         width = min(width, n)
         stride = max(1, width // 2)
@@ -108,7 +105,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         for lo in sorted((lo for lo in starts if moved[lo] > 0), key=lambda lo: (-moved[lo], lo)):
             if cost <= known(params.lower_bound) or time.perf_counter() >= deadline:
                 break
-            found = _window(problem, steps, lo, lo + width, params, deadline, window_time)
+            found = _window(problem, steps, lo, lo + width, params, deadline)
             tried += 1
             if found is not None:
                 steps, cost = found
@@ -118,17 +115,11 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         log.append(f"lns sweep {sweep}: {width}-op windows from {first}, {tried} tried, {improved} improved")
         sweep += 1
         if not improved:
-            if width >= min(widest, n):
+            if width >= min(params.max_window_ops, n):
                 settled += 1
-            width = min(widest, width * 3 // 2)
+            width = min(params.max_window_ops, width * 3 // 2)
         else:
             settled = 0
-        if settled == 2:  # every window at a local optimum: wider windows, and more time for each
-            if widest >= n:
-                break
-            widest, window_time, settled = min(2 * widest, n), 2 * window_time, 0
-            width = min(widest, width * 3 // 2)
-            log.append(f"lns: windows settled, up to {widest} ops and {window_time:g} s each from now")
     info = SolverInfo.proven("lns", cost, known(params.lower_bound), time.perf_counter() - t0)
     plan = Plan.build(problem, steps, info)
     plan.extra = {"log": log}
@@ -146,15 +137,14 @@ def _report(params: Params, cost: int, t0: float) -> None:
 
 
 def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Params,
-            deadline: float, time_limit: float) -> tuple[list[Step], int] | None:
+            deadline: float) -> tuple[list[Step], int] | None:
     """Ops lo..hi-1 of the plan's order re-solved with the rest fixed: the new plan, placed
     and replayed, and its traffic; or None when the window moves no non-compulsory byte,
     or no plan of it moves fewer bytes and fits once placed. First with the residencies
     that end or start near the window stretched across its cuts (`_boundary`), then as
     the plan has them; each pinned to the plan's offsets, and where nothing fits around
     the pins, unpinned with the whole plan placed again (an overflow then lowers the
-    window's budget by the overflow, once per try). Each try's exact solve gets at most
-    `time_limit` seconds, and none goes past `deadline`."""
+    window's budget by the overflow, once per try)."""
     from planner.runtime.simulator import PlanViolation, simulate
 
     g = problem.graph
@@ -177,7 +167,7 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
         if pin:
             seg.pinned, seg.pinned_end = b.pinned, b.pinned_end
             seg.start = _incumbent(seg, steps[cut[lo]:cut[hi]], b.stretched_in, b.stretched_out)
-        seg.time_limit = min(time_limit, left)
+        seg.time_limit = min(params.window_time_limit, left)
         seg.stop = time.time() + seg.time_limit
         easy = dnc._no_spill(seg)
         sub = dnc._pinned(seg, easy) if easy is not None else dnc._solve_segment(seg)

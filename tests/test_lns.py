@@ -77,22 +77,6 @@ def test_lns_on_a_layered_dag_is_valid_and_no_worse(budget, seed):
     assert not seen or seen[-1]["traffic"] == p.solver.objective
 
 
-def test_lns_widens_settled_windows_until_one_is_the_whole_plan():
-    # without a time limit the search ends only when windows of the whole plan settle:
-    # 4-op windows at first, then up to 8, 16 and 24 ops (each with twice the time); at
-    # M_R this plan keeps moving bytes (no bound stops it early)
-    g = layered_dag(24, 3)
-    b = bounds.budgets(Problem(g, T), time_limit=5)
-    pr = Problem(g, T.with_capacity(b.get("M_R")))
-    start = baselines.solve(pr, baselines.Params(replacement="belady", schedule=b.order))
-    p = lns.solve(pr, lns.Params(start=start.steps, window_ops=4, max_window_ops=4, window_time_limit=0.1,
-                                 time_limit=None))
-    simulate(p, g, pr.target)
-    assert 0 < noncompulsory(pr, p) <= lns.traffic(pr, start.steps)
-    widened = [line.split("up to ")[1].split(" ops")[0] for line in p.extra["log"] if "settled" in line]
-    assert widened == ["8", "16", "24"]
-
-
 def test_dnc_stops_at_the_lower_bound_and_reports_progress():
     g = layered_dag(150, 2)
     b = bounds.budgets(Problem(g, T), time_limit=5)
