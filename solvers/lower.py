@@ -239,11 +239,13 @@ def _spine(problem: Problem, until: float) -> int:
     from planner.solvers.exact import stages
 
     chains = stages.spines(problem)
+    if not chains:
+        return 0
     try:
-        rel = stages.Relaxation(problem, chains[0], max_columns=SPINE_MAX_COLUMNS) if chains else None
+        rel = stages.Relaxation(problem, chains[0], max_columns=SPINE_MAX_COLUMNS)
     except ValueError:  # its gap columns alone are too many: not built
         return 0
-    if rel is None or len(rel.model.lb) > SPINE_MAX_COLUMNS or until - time.perf_counter() < 1.0:
+    if len(rel.model.lb) > SPINE_MAX_COLUMNS or until - time.perf_counter() < 1.0:
         return 0
     res = backends.solve(rel.model, "highs", until - time.perf_counter(), 1, None, bound_only=True,
                          isolate=len(rel.model.lb) > 2000)
@@ -451,9 +453,12 @@ class _Liveness:
         # op x tensor: t is live when op i computes in some order (made), in every order (sure)
         self.made = np.zeros((n, len(self.tensors)), dtype=bool)
         self.sure = np.zeros((n, len(self.tensors)), dtype=bool)
+        starts, reads = [], []  # (tensor row, op): its makers (an input: its readers), its readers
         for k, t in enumerate(self.tensors):
             tt = g.tensors[t]
             readers = [self.index[c] for c in tt.consumers]
+            starts += [(k, self.index[tt.producer])] if tt.producer is not None else [(k, c) for c in readers]
+            reads += [(k, c) for c in readers]
             before = 0  # ops with a reader among their descendants (a reader may follow)
             for c in readers:
                 before |= self.anc[c]
@@ -482,12 +487,6 @@ class _Liveness:
         # tensor k is made by (or, an input, first read by one of) `start_op`, read by `read_op`
         preds = [(j, self.index[p]) for j, o in enumerate(self.ops) for t in o.inputs
                  if (p := g.tensors[t].producer) is not None]
-        starts, reads = [], []
-        for k, t in enumerate(self.tensors):
-            tt = g.tensors[t]
-            readers = [self.index[c] for c in tt.consumers]
-            starts += [(k, self.index[tt.producer])] if tt.producer is not None else [(k, c) for c in readers]
-            reads += [(k, c) for c in readers]
         self.pred_j, self.pred_p = np.array(preds, dtype=np.int64).reshape(-1, 2).T
         self.start_t, self.start_op = np.array(starts, dtype=np.int64).reshape(-1, 2).T
         self.read_t, self.read_op = np.array(reads, dtype=np.int64).reshape(-1, 2).T
