@@ -34,9 +34,8 @@ def brute_force(pr: Problem) -> float:
     (ops done, resident tensors with their offsets, tensors with a slow copy). Loads happen
     just before the op that reads them (an earlier load only holds its bytes longer); dead
     tensors are freed; a live activation is freed only with a slow copy, unless
-    pr.allow_recompute: then it may be lost, a done op whose outputs are all away may run
-    again (recompute_weight per FLOP), and a tensor whose readers have all run may stay
-    resident for one that runs again. Shares nothing with the solver."""
+    pr.allow_recompute: then it may be lost, and a done op whose outputs are all away may
+    run again (recompute_weight per FLOP). Shares nothing with the solver."""
     g, size, cap, al = pr.graph, pr.sizes, pr.capacity, pr.target.alignment
     names = [o.name for o in g.ops]
     slow0 = frozenset(t for t in size if g.tensors[t].kind in ("input", "weight"))
@@ -87,9 +86,7 @@ def brute_force(pr: Problem) -> float:
                 for stored in itertools.product((False, True), repeat=len(may)):
                     slow2 = slow | set(must) | {t for t, s in zip(may, stored) if s}
                     c3 = c2 + sum(size[t] for t in must) + sum(size[t] for t, s in zip(may, stored) if s)
-                    # with recompute, a tensor whose readers have all run may still feed
-                    # a recomputed one: it may stay
-                    live = {t for t in res2 if pr.allow_recompute or any(c not in after for c in g.tensors[t].consumers)}
+                    live = {t for t in res2 if any(c not in after for c in g.tensors[t].consumers)}
                     optional = [t for t in live if t in slow2 or pr.allow_recompute]
                     for drop in itertools.product((False, True), repeat=len(optional)):
                         gone = {t for t, d in zip(optional, drop) if d}
@@ -287,19 +284,6 @@ def test_recompute_never_worse_and_truthful(graph, extra, weight):
     best = brute_force(on)
     assert q.solver.bound <= best + 1e-9 <= q.solver.objective + 1e-9
     assert (q.solver.status == "optimal") == (q.solver.bound == q.solver.objective)
-
-
-def test_a_read_input_may_stay_for_a_recompute():
-    # found by hypothesis: op0 runs again for op3 from `in`, which op0-op2 have all read;
-    # keeping `in` resident (4 B fit: in, t1, t2, u2 during op2) makes the plan free, so
-    # the brute force must not free a tensor whose readers have all run
-    g = build([("op0", ["in"], ["t0"]), ("op1", ["in", "t0"], ["t1"]), ("op2", ["in", "t1"], ["t2", "u2"]),
-               ("op3", ["u2", "t0"], ["t3"])], {t: 1 for t in ("in", "t0", "t1", "t2", "u2", "t3")})
-    on = problem(g, 4, allow_recompute=True, recompute_weight=0.0)
-    q = exact.solve(on)
-    assert simulate(q, on.graph, on.target).metrics.noncompulsory_bytes == q.solver.objective == brute_force(on) == 0
-    off = problem(g, 4)  # without recompute, t0 leaves during op2: a store and a reload
-    assert brute_force(off) == exact.solve(off).solver.objective == 2
 
 
 def test_below_m_r_is_infeasible():
