@@ -24,9 +24,10 @@ lowered by the overflow and the window solved once more. A window's plan is kept
 when it moves fewer bytes and the simulator replays it without fault, so the search
 never makes a plan worse.
 
-Each sweep first tries the **span** of every reload it has not tried on the same plan:
-the ops from where the plan freed the tensor to the op that reads it again, which hold
-the whole choice between keeping it and spilling it (`_spans`). Then the grid: windows
+Each sweep first tries the **spans** of the reloads that move the most bytes (up to
+`spans`, each once per plan, `span_time_limit` seconds each): the ops from where the plan
+freed the tensor to the op that reads it again, which hold the whole choice between
+keeping it and spilling it (`_spans`). Then the grid: windows
 overlap by half, and each sweep starts a third of a window further on, so every cut of
 an earlier sweep, and of dnc's passes, lies inside a later window. Grid windows whose
 steps move no non-compulsory byte are skipped (nothing there to save). A sweep that
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from planner.bounds import LowerBound, check_budget, known, min_peak
@@ -56,6 +57,8 @@ class Params:
     max_window_ops: int = 120  # widest window (sweeps that improve nothing widen them)
     radius: int = 40  # most places an op may move from the plan's order in a window (0: fixed order)
     window_time_limit: float = 5.0  # seconds for one window's exact solve, at most (many windows, not a few proofs)
+    spans: int = 4  # most reload spans per sweep, those that move the most bytes
+    span_time_limit: float = 1.0  # seconds for a span's solve: one that keeps the tensor is quick (0.1 s on PNASNet-5)
     backend: str = "highs"  # the exact solver's back end
     alloc_time_limit: float = 2.0  # seconds for the exact offset search of a spliced plan
     lower_bound: LowerBound = None  # no plan moves fewer non-compulsory bytes: stop on reaching it
@@ -106,7 +109,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         # the most bytes: where there is the most to save
         spans = _spans(problem, steps)
         windows = [w for w in sorted(spans, key=lambda w: (-spans[w], w))
-                   if w[1] - w[0] <= params.max_window_ops and (cost, w) not in spanned]
+                   if w[1] - w[0] <= params.max_window_ops and (cost, w) not in spanned][:params.spans]
         n_spans = len(windows)
         cut = _cuts(steps)
         moved = {lo: _moved(problem, steps, cut[lo], cut[lo + width]) for lo in starts}
@@ -116,9 +119,11 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         for lo, hi in windows:
             if cost <= known(params.lower_bound) or time.perf_counter() >= deadline:
                 break
-            if (lo, hi) in spans:
+            span = (lo, hi) in spans
+            if span:
                 spanned.add((cost, (lo, hi)))
-            found = _window(problem, steps, lo, hi, params, deadline)
+            found = _window(problem, steps, lo, hi, replace(params, window_time_limit=min(
+                params.window_time_limit, params.span_time_limit)) if span else params, deadline)
             tried += 1
             if found is not None:
                 steps, cost = found
