@@ -105,8 +105,9 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         stride = max(1, width // 2)
         first = (sweep * max(1, width // 3)) % stride
         starts = {min(max(0, lo), n - width) for lo in range(first - stride, n - 1, stride)}
-        # first each reload's span not tried on this plan yet, then the windows that move
-        # the most bytes: where there is the most to save
+        # first the spans of the reloads moving the most bytes, each once per plan (told
+        # apart by traffic: a kept window lowers it), then the grid windows that move the
+        # most bytes: where there is the most to save
         spans = _spans(problem, steps)
         windows = [w for w in sorted(spans, key=lambda w: (-spans[w], w))
                    if w[1] - w[0] <= params.max_window_ops and (cost, w) not in spanned][:params.spans]
@@ -437,7 +438,7 @@ def _spans(problem: Problem, steps: list[Step]) -> dict[tuple[int, int], int]:
     """Per reload in `steps`, the window [lo, hi) from the cut where the plan freed the
     tensor to the op that reads it again, with the bytes the reloads there move (and the
     stores that paid for them). Such a window holds the whole choice between keeping the
-    tensor and spilling it, and nothing else: on PNASNet-5 at M_H the window over a 394 KB
+    tensor and spilling it, and little else: on PNASNet-5 at M_H the window over a 394 KB
     reload is solved in 0.1 s, while the 60-op grid windows that hold it and other
     reloads run out of their 5 s."""
     g = problem.graph
