@@ -117,10 +117,10 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         windows += [(lo, lo + width) for lo in sorted((lo for lo in starts if moved[lo] > 0),
                                                       key=lambda lo: (-moved[lo], lo))]
         improved, tried = 0, 0
-        for lo, hi in windows:
+        for i, (lo, hi) in enumerate(windows):
             if cost <= known(params.lower_bound) or time.perf_counter() >= deadline:
                 break
-            span = (lo, hi) in spans
+            span = i < n_spans  # a grid window that happens to match a span keeps its full time
             if span:
                 spanned.add((cost, (lo, hi)))
             found = _window(problem, steps, lo, hi, replace(params, window_time_limit=min(
