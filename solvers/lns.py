@@ -61,6 +61,10 @@ class Params:
     span_time_limit: float = 1.0  # seconds for a span's solve: one that keeps the tensor is quick (0.1 s on PNASNet-5)
     backend: str = "highs"  # the exact solver's back end
     alloc_time_limit: float = 2.0  # seconds for the exact offset search of a spliced plan
+    # and for placing the whole plan afresh where placing it near the old one failed: that
+    # search rarely succeeds (none of 7 on a 500-op layered DAG at M_H, 14.5 s of 45), and
+    # what it is for is mostly the overflow of the greedy packing, which lowers the budget
+    replace_time_limit: float = 0.25
     lower_bound: LowerBound = None  # no plan moves fewer non-compulsory bytes: stop on reaching it
     progress: Callable[[dict], None] | None = None  # called with {"traffic", "bound", "elapsed"} on each improvement
 
@@ -118,8 +122,8 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
                                                       key=lambda lo: (-moved[lo], lo))]
         improved, tried = 0, 0
         for i, (lo, hi) in enumerate(windows):
-            if cost <= known(params.lower_bound) or time.perf_counter() >= deadline:
-                break
+            if cost <= known(params.lower_bound) or deadline - time.perf_counter() <= dnc.MIN_SEGMENT_SECONDS:
+                break  # a window with less time than that returns at once: it would count as tried
             span = i < n_spans  # a grid window that happens to match a span keeps its full time
             if span:
                 spanned.add((cost, (lo, hi)))
@@ -205,7 +209,7 @@ def _window(problem: Problem, steps: list[Step], lo: int, hi: int, params: Param
         placed = new if pin and baselines.offset_error(problem, new) is None else _place_near(problem, steps, new, budget)
         excess: list[int] = []
         if placed is None:
-            placed, excess = _place(problem, new, budget)
+            placed, excess = _place(problem, new, min(budget, params.replace_time_limit))
         if placed is not None:
             try:
                 simulate(Plan.build(problem, placed, SolverInfo("lns", "feasible")), g, problem.target)
@@ -435,9 +439,10 @@ def _scan(problem: Problem, steps: list[Step], resident: set[str] | None = None,
 
 
 def _spans(problem: Problem, steps: list[Step]) -> dict[tuple[int, int], int]:
-    """Per reload in `steps`, the window [lo, hi) from the cut where the plan freed the
-    tensor to the op that reads it again, with the bytes the reloads there move (and the
-    stores that paid for them). Such a window holds the whole choice between keeping the
+    """Per reload in `steps` (what `_moved` counts: a load of an activation or a graph
+    output, a second load of an input or weight), the window [lo, hi) from the cut where
+    the plan freed the tensor to the op that reads it again, with the bytes the reloads
+    there move (and the stores that paid for them). Such a window holds the whole choice between keeping the
     tensor and spilling it, and little else: on PNASNet-5 at M_H the window over a 394 KB
     reload is solved in 0.1 s, while the 60-op grid windows that hold it and other
     reloads run out of their 5 s."""
@@ -451,10 +456,11 @@ def _spans(problem: Problem, steps: list[Step]) -> dict[tuple[int, int], int]:
         elif s.kind == "free":
             freed[s.tensor] = done
         elif s.kind == "load":
-            activation = g.tensors[s.tensor].kind == "activation"
-            if s.tensor in freed and (activation or s.tensor in seen):
+            kind = g.tensors[s.tensor].kind
+            if s.tensor in freed and (kind not in ("input", "weight") or s.tensor in seen):
                 w = (freed[s.tensor], min(done + 1, n))
-                out[w] = out.get(w, 0) + problem.sizes[s.tensor] * (2 if activation else 1)  # type: ignore[index]
+                moved = problem.sizes[s.tensor]  # type: ignore[index]
+                out[w] = out.get(w, 0) + (2 * moved if kind == "activation" else moved)  # an output's store is compulsory
             seen.add(s.tensor)
     return out
 
