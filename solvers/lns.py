@@ -103,7 +103,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     log: list[str] = []
     spanned: set[tuple[int, tuple[int, int]]] = set()  # (plan's traffic, span) tried
     width, sweep, settled = params.window_ops, 0, 0
-    while cost > known(params.lower_bound) and time.perf_counter() < deadline and settled < 2:
+    while cost > known(params.lower_bound) and deadline - time.perf_counter() > dnc.MIN_SEGMENT_SECONDS and settled < 2:
         n = sum(1 for s in steps if s.kind == "compute")
         width = min(width, n)
         stride = max(1, width // 2)
@@ -123,7 +123,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
         improved, tried = 0, 0
         for i, (lo, hi) in enumerate(windows):
             if cost <= known(params.lower_bound) or deadline - time.perf_counter() <= dnc.MIN_SEGMENT_SECONDS:
-                break  # a window with less time than that returns at once: it would count as tried
+                break  # a window with less time left returns at once: it would count as tried
             span = i < n_spans  # a grid window that happens to match a span keeps its full time
             if span:
                 spanned.add((cost, (lo, hi)))
