@@ -61,9 +61,9 @@ class Params:
     span_time_limit: float = 1.0  # seconds for a span's solve: one that keeps the tensor is quick (0.1 s on PNASNet-5)
     backend: str = "highs"  # the exact solver's back end
     alloc_time_limit: float = 2.0  # seconds for the exact offset search of a spliced plan
-    # and for placing the whole plan afresh where placing it near the old one failed: that
-    # search rarely succeeds (none of 7 on a 500-op layered DAG at M_H, 14.5 s of 45), and
-    # what it is for is mostly the overflow of the greedy packing, which lowers the budget
+    # seconds for that search over the whole plan, placed afresh where placing it near the old
+    # one failed: it rarely succeeds then (none of 7 on a 500-op layered DAG at M_H, 14.5 s
+    # of 45); what the caller needs is mostly the greedy packing's overflow, to lower the budget
     replace_time_limit: float = 0.25
     lower_bound: LowerBound = None  # no plan moves fewer non-compulsory bytes: stop on reaching it
     progress: Callable[[dict], None] | None = None  # called with {"traffic", "bound", "elapsed"} on each improvement
@@ -103,7 +103,11 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     log: list[str] = []
     spanned: set[tuple[int, tuple[int, int]]] = set()  # (plan's traffic, span) tried
     width, sweep, settled = params.window_ops, 0, 0
-    while cost > known(params.lower_bound) and deadline - time.perf_counter() > dnc.MIN_SEGMENT_SECONDS and settled < 2:
+
+    def going() -> bool:  # a window given less than a segment's minimum returns at once: it would count as tried
+        return cost > known(params.lower_bound) and deadline - time.perf_counter() > dnc.MIN_SEGMENT_SECONDS
+
+    while going() and settled < 2:
         n = sum(1 for s in steps if s.kind == "compute")
         width = min(width, n)
         stride = max(1, width // 2)
@@ -122,8 +126,8 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
                                                       key=lambda lo: (-moved[lo], lo))]
         improved, tried = 0, 0
         for i, (lo, hi) in enumerate(windows):
-            if cost <= known(params.lower_bound) or deadline - time.perf_counter() <= dnc.MIN_SEGMENT_SECONDS:
-                break  # a window with less time left returns at once: it would count as tried
+            if not going():
+                break
             span = i < n_spans  # a grid window that happens to match a span keeps its full time
             if span:
                 spanned.add((cost, (lo, hi)))
@@ -442,8 +446,8 @@ def _spans(problem: Problem, steps: list[Step]) -> dict[tuple[int, int], int]:
     """Per reload in `steps` (what `_moved` counts: a load of an activation or a graph
     output, a second load of an input or weight), the window [lo, hi) from the cut where
     the plan freed the tensor to the op that reads it again, with the bytes the reloads
-    there move (and the stores that paid for them). Such a window holds the whole choice between keeping the
-    tensor and spilling it, and little else: on PNASNet-5 at M_H the window over a 394 KB
+    there move (and the stores that paid for them). Such a window holds the whole choice
+    between keeping the tensor and spilling it, and little else: on PNASNet-5 at M_H the window over a 394 KB
     reload is solved in 0.1 s, while the 60-op grid windows that hold it and other
     reloads run out of their 5 s."""
     g = problem.graph
@@ -456,13 +460,19 @@ def _spans(problem: Problem, steps: list[Step]) -> dict[tuple[int, int], int]:
         elif s.kind == "free":
             freed[s.tensor] = done
         elif s.kind == "load":
-            kind = g.tensors[s.tensor].kind
-            if s.tensor in freed and (kind not in ("input", "weight") or s.tensor in seen):
+            if s.tensor in freed and _reload(problem, s.tensor, seen):  # type: ignore[arg-type]
                 w = (freed[s.tensor], min(done + 1, n))
                 moved = problem.sizes[s.tensor]  # type: ignore[index]
-                out[w] = out.get(w, 0) + (2 * moved if kind == "activation" else moved)  # an output's store is compulsory
+                stored = g.tensors[s.tensor].kind == "activation"  # an output's store is compulsory
+                out[w] = out.get(w, 0) + (2 * moved if stored else moved)
             seen.add(s.tensor)
     return out
+
+
+def _reload(problem: Problem, tensor: str, loaded: set[str]) -> bool:
+    """Whether loading `tensor` is non-compulsory: it is an activation (or a graph output),
+    or an input or weight `loaded` already holds (its first load is compulsory)."""
+    return problem.graph.tensors[tensor].kind not in ("input", "weight") or tensor in loaded
 
 
 def _moved(problem: Problem, steps: list[Step], i: int, j: int) -> int:
@@ -474,7 +484,7 @@ def _moved(problem: Problem, steps: list[Step], i: int, j: int) -> int:
     for s in steps[i:j]:
         kind = g.tensors[s.tensor].kind if s.tensor is not None else None
         if s.kind == "load":
-            if kind not in ("input", "weight") or s.tensor in seen:
+            if _reload(problem, s.tensor, seen):  # type: ignore[arg-type]
                 out += problem.sizes[s.tensor]  # type: ignore[index]
             seen.add(s.tensor)
         elif s.kind == "store" and kind != "output":
