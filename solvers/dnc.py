@@ -153,6 +153,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
     _report(params, best_cost, t0)
     log: list[str] = []
     source = best_name
+    made = [pl for _, pl in base.values()]  # every placed plan: the search tries their spans too
     # the passes get half the time when the search follows them (they usually need less)
     passes_end = deadline if not params.lns else time.perf_counter() + (deadline - time.perf_counter()) / 2
     if best_cost > known(params.lower_bound):
@@ -169,6 +170,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
             if steps is not None:
                 pl = Plan.build(problem, steps, SolverInfo("dnc", "feasible"))
                 cost = _cost(problem, pl)
+                made.append(pl)
                 note += f", non-compulsory {cost}"
             log.append(f"pass {k}: {note}")
             if cost < best_cost:
@@ -183,6 +185,7 @@ def solve(problem: Problem, params: Params | None = None) -> Plan:
 
         found = lns.solve(problem, lns.Params(
             time_limit=None if deadline == math.inf else deadline - time.perf_counter(), start=best.steps,
+            others=tuple(pl.steps for pl in made if pl is not best),
             window_ops=params.segment_ops, radius=params.radius, backend=params.backend,
             window_time_limit=min(params.segment_time_limit, lns.Params.window_time_limit),
             lower_bound=params.lower_bound,

@@ -1,6 +1,8 @@
 """Reordering segments (solvers.dnc) and the large-neighbourhood search (solvers.lns):
 plans the simulator accepts, never worse than where they start, better where a fixed
 order must spill, the lower bound and the progress callback honoured."""
+from dataclasses import replace
+
 import pytest
 
 from benchmarks.scaling import layered_dag
@@ -165,3 +167,52 @@ def test_a_reloads_span_is_tried_first_and_keeps_the_tensor(output: bool):
     p = lns.solve(pr, lns.Params(start=start.steps, window_ops=5, time_limit=60))
     assert noncompulsory(pr, p) == 0 and p.solver.status == "optimal"
     assert p.extra["log"][0] == "lns sweep 0: window [3, 23) -> non-compulsory 0"
+
+
+def test_the_spans_of_another_start_are_tried_and_the_best_plan_kept():
+    # The start spills X (200 B) and only X's 20-op span could keep it, wider than the
+    # search may go (max_window_ops 5): alone it ends where it began. The other plan, in
+    # the blocks' good order, moves more (Y stored and loaded again, 240 B) but Y's span is
+    # 2 ops: kept there, it moves nothing, and the search goes on from it.
+    g0, bad = blocks(4)
+    good = [f"{k}{i}" for i in range(4) for k in "acbdj"]
+    rows = [("p", ["x"], ["X"]), ("q", ["X"], ["h-1"])]
+    rows += [(o.name, list(o.inputs), list(o.outputs)) for o in g0.ops] + [("z", ["X", "h3"], ["out"])]
+    rows += [("r", ["out"], ["Y"]), ("s1", ["Y"], ["S1"]), ("u", ["S1"], ["U"]), ("s2", ["Y", "U"], ["out2"])]
+    sizes = {**Problem(g0, T).sizes, "x": 10, "X": 100, "out": 10, "Y": 120, "S1": 10, "U": 10, "out2": 10}
+    g = build(rows, sizes)
+    pr = Problem(g, Target("t", 230, alignment=1, element_bytes=1))
+    tail = ["z", "r", "s1", "u", "s2"]
+    start = baselines.solve(pr, baselines.Params(replacement="belady", schedule=["p", "q"] + bad + tail))
+    assert noncompulsory(pr, start) == 200
+    kept = baselines.solve(pr, baselines.Params(replacement="belady", schedule=["p", "q"] + good + tail)).steps
+    i = next(k for k, s in enumerate(kept) if s.op == "s1") + 1
+    j = next(k for k, s in enumerate(kept) if s.op == "s2")
+    at = next(s.offsets["Y"] for s in kept if s.op == "r")
+    other = (kept[:i] + [dnc.Step("store", "Y"), dnc.Step("free", "Y")] + kept[i:j]
+             + [dnc.Step("load", "Y", offset=at)] + kept[j:])
+    assert lns.traffic(pr, other) == 240 and lns._spans(pr, other) == {(25, 27): 240}
+    simulate(dnc.Plan.build(pr, other, dnc.SolverInfo("t", "feasible")), g, pr.target)
+    params = lns.Params(start=start.steps, window_ops=5, max_window_ops=5, time_limit=60)
+    alone = lns.solve(pr, params)
+    assert noncompulsory(pr, alone) == 200  # stuck: its span is too wide
+    p = lns.solve(pr, replace(params, others=(other,)))
+    assert noncompulsory(pr, p) == 0 and p.solver.status == "optimal"
+    assert p.extra["log"][0] == "lns: another start's spans -> non-compulsory 0"
+
+
+def test_a_window_whose_plan_packs_nowhere_gives_up_instead_of_retrying(monkeypatch):
+    # When no packing of the window's plan without spills is found, around the plan's
+    # offsets or alone, the window is solved instead and each try runs once; it used to
+    # try the unpinned packing again and again until the search's deadline.
+    g, bad = blocks(8)
+    pr = Problem(g, Target("t", 130, alignment=1, element_bytes=1))
+    start = baselines.solve(pr, baselines.Params(replacement="belady", schedule=bad))
+    calls = []
+    monkeypatch.setattr(dnc, "_pinned", lambda seg, steps: calls.append(1))
+    params = lns.Params(window_ops=10)
+    found = lns._window(pr, start.steps, 0, 10, params, lns.time.perf_counter() + 60)
+    assert 1 <= len(calls) <= 4  # a pinned and an unpinned packing per try, stretched or not
+    if found is not None:
+        assert found[1] < noncompulsory(pr, start)
+        simulate(dnc.Plan.build(pr, found[0], dnc.SolverInfo("lns", "feasible")), g, pr.target)
